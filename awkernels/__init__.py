@@ -1,0 +1,18 @@
+"""awkernels: the AW-Net operators (per-sample weight-varied convolution and MixBN) and their backends.
+
+One op contract (DESIGN.md section 2), several backends: `reference` (plain PyTorch, the oracle), `cpp`
+(the C++ extension on CPU); `auto` picks the fastest available for the input's device.
+"""
+from ._backend import available_backends, current_backend, use_backend
+from ._extension import build_info
+from .aw_conv2d import aw_conv2d
+from .mix_batch_norm import mix_batch_norm
+
+__all__ = [
+    "aw_conv2d",
+    "available_backends",
+    "build_info",
+    "current_backend",
+    "mix_batch_norm",
+    "use_backend",
+]

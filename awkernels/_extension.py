@@ -1,0 +1,100 @@
+"""Loading the compiled extension (`awkernels/_C*.so`) and saying what it holds.
+
+setup.py writes `_build_info.json` beside the library: which parts it compiled and why a part is missing.
+The library registers the `awnet::` ops from C++ (TORCH_LIBRARY); their fake (shape-only) implementations
+are registered here so torch.compile can trace them.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import torch
+from torch._prims_common import suggest_memory_format
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _read_build_record() -> dict:
+    path = os.path.join(_HERE, "_build_info.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {"cpu": {"built": False, "reason": "no build record: the package was not installed with setup.py"},
+                "cuda": {"built": False, "archs": [], "reason": "no build record"}}
+
+
+def _load() -> tuple[str | None, str | None]:
+    libraries = sorted(glob.glob(os.path.join(_HERE, "_C*.so")) + glob.glob(os.path.join(_HERE, "_C*.pyd")))
+    if not libraries:
+        return None, "the compiled extension awkernels/_C is missing"
+    try:
+        torch.ops.load_library(libraries[0])
+    except OSError as error:  # built against another torch, or a missing CUDA runtime
+        return None, f"loading {libraries[0]} failed: {error}"
+    return libraries[0], None
+
+
+_record = _read_build_record()
+_library, _load_error = _load()
+
+
+def has_cpu() -> bool:
+    return _library is not None
+
+
+def has_cuda() -> bool:
+    return _library is not None and bool(_record["cuda"]["built"])
+
+
+def build_info() -> dict:
+    """What this install compiled, what loaded, and why a part is missing."""
+    cpu_reason = _load_error or _record["cpu"].get("reason")
+    cuda = _record["cuda"]
+    return {
+        "cpu": has_cpu(),
+        "cuda": has_cuda(),
+        "cuda_archs": list(cuda.get("archs", [])) if has_cuda() else [],
+        "reasons": {
+            "cpu": None if has_cpu() else cpu_reason,
+            "cuda": None if has_cuda() else (cuda.get("reason") or cpu_reason),
+        },
+        "library": _library,
+        "torch": torch.__version__,
+        "built_with_torch": _record.get("torch"),
+    }
+
+
+def _empty_grad(t: torch.Tensor) -> torch.Tensor:
+    return t.new_empty((0,))
+
+
+if _library is not None:
+
+    @torch.library.register_fake("awnet::aw_conv2d")
+    def _aw_conv2d_fake(x, weight, coeff, bias, stride, padding, dilation, groups):
+        sizes = [x.shape[0], weight.shape[1]]
+        for i in range(2):
+            k = weight.shape[3 + i]
+            sizes.append((x.shape[2 + i] + 2 * padding[i] - dilation[i] * (k - 1) - 1) // stride[i] + 1)
+        # The C++ op writes y in x's suggested memory format.
+        return x.new_empty(sizes, memory_format=suggest_memory_format(x))
+
+    @torch.library.register_fake("awnet::aw_conv2d_backward")
+    def _aw_conv2d_backward_fake(grad_y, x, weight, coeff, bias, stride, padding, dilation, groups, output_mask):
+        grads = (x, weight, coeff, bias)
+        return tuple(torch.empty_like(t) if needed and t is not None else _empty_grad(x)
+                     for t, needed in zip(grads, output_mask))
+
+    @torch.library.register_fake("awnet::mix_batch_norm")
+    def _mix_batch_norm_fake(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps):
+        acc = torch.promote_types(x.dtype, torch.float32)
+        stats = x.new_empty(weight.shape, dtype=acc)
+        return torch.empty_like(x), stats, torch.empty_like(stats)
+
+    @torch.library.register_fake("awnet::mix_batch_norm_backward")
+    def _mix_batch_norm_backward_fake(grad_y, x, coeff, weight, bias, mean, invstd, training, output_mask):
+        grads = (x, coeff, weight, bias)
+        return tuple(torch.empty_like(t) if needed else _empty_grad(x) for t, needed in zip(grads, output_mask))

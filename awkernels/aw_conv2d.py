@@ -1,0 +1,36 @@
+"""`aw_conv2d`: the per-sample weight-varied convolution (DESIGN.md section 2)."""
+from __future__ import annotations
+
+import torch
+
+from . import _backend, _validate, reference
+
+
+def aw_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    coeff: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> torch.Tensor:
+    """Convolve each sample with its own blend of K weight banks.
+
+    With ``a[b, k, o]`` the coefficient broadcast to (B, K, C_out):
+    ``W_b[o] = sum_k a[b,k,o] W_k[o]``, ``bias_b[o] = sum_k a[b,k,o] bias_k[o]`` and
+    ``y[b] = conv2d(x[b], W_b) + bias_b``.
+
+    Args:
+        x: (B, C_in, H, W), NCHW or channels_last.
+        weight: (K, C_out, C_in // groups, kH, kW), the K banks.
+        coeff: (B, K) layer-level or (B, K, C_out) filter-level coefficients. K = 1 with a filter-level
+            coeff is AW-Net's regulation signal omega; K = 2 is the clean/adversarial bank blend.
+        bias: None or (K, C_out).
+    """
+    stride, padding, dilation = _validate.aw_conv2d_args(x, weight, coeff, bias, stride, padding, dilation, groups)
+    backend = _backend.resolve(x)
+    if backend == "cpp":
+        return torch.ops.awnet.aw_conv2d(x, weight, coeff, bias, stride, padding, dilation, groups)
+    return reference.aw_conv2d(x, weight, coeff, bias, stride, padding, dilation, groups)

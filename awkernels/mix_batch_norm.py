@@ -1,0 +1,33 @@
+"""`mix_batch_norm`: K batch norms mixed per sample (MixBN, DESIGN.md section 2)."""
+from __future__ import annotations
+
+import torch
+
+from . import _backend, _validate, reference
+
+
+def mix_batch_norm(
+    x: torch.Tensor,
+    coeff: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    training: bool,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """``y[b] = sum_k coeff[b,k] * BN_k(x[b])`` with per-bank parameters of shape (K, C).
+
+    In training, bank k normalises with the coeff[:, k]-weighted batch statistics over (B, H, W) and
+    updates its running statistics in place; a bank with zero total weight keeps (and normalises with)
+    its running statistics. In eval the running statistics are used. A one-hot coeff selects a BN per
+    sample (MixBN in training, routed by the true type); a soft coeff mixes them (p_type at test time).
+    """
+    _validate.mix_batch_norm_args(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps)
+    momentum, eps = float(momentum), float(eps)
+    backend = _backend.resolve(x)
+    if backend == "cpp":
+        return torch.ops.awnet.mix_batch_norm(
+            x, coeff, weight, bias, running_mean, running_var, training, momentum, eps)[0]
+    return reference.mix_batch_norm(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps)
