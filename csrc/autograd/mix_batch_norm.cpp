@@ -1,0 +1,72 @@
+// Autograd for awnet::mix_batch_norm, in C++ so the compiled backends need no Python in the hot path.
+#include "../awnet.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+namespace awnet {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+std::tuple<Tensor, Tensor, Tensor> call_forward(const Tensor& x, const Tensor& coeff, const Tensor& weight,
+                                                const Tensor& bias, Tensor& running_mean, Tensor& running_var,
+                                                bool training, double momentum, double eps) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("awnet::mix_batch_norm", "")
+                       .typed<decltype(mix_batch_norm)>();
+  return op.call(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> call_backward(
+    const Tensor& grad_y, const Tensor& x, const Tensor& coeff, const Tensor& weight, const Tensor& bias,
+    const Tensor& mean, const Tensor& invstd, bool training, double eps, std::array<bool, 4> output_mask) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("awnet::mix_batch_norm_backward", "")
+                       .typed<decltype(mix_batch_norm_backward)>();
+  return op.call(grad_y, x, coeff, weight, bias, mean, invstd, training, eps, output_mask);
+}
+
+class MixBatchNormFunction : public torch::autograd::Function<MixBatchNormFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& coeff, const Tensor& weight,
+                               const Tensor& bias, Tensor running_mean, Tensor running_var, bool training,
+                               double momentum, double eps) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [y, mean, invstd] = call_forward(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps);
+    ctx->save_for_backward({x, coeff, weight, bias, mean, invstd});
+    ctx->saved_data["training"] = training;
+    ctx->saved_data["eps"] = eps;
+    ctx->mark_non_differentiable({mean, invstd});
+    return {y, mean, invstd};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto s = ctx->get_saved_variables();
+    const std::array<bool, 4> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
+                                      ctx->needs_input_grad(3)};
+    auto [dx, dcoeff, dweight, dbias] =
+        call_backward(grad_outputs[0], s[0], s[1], s[2], s[3], s[4], s[5], ctx->saved_data["training"].toBool(),
+                      ctx->saved_data["eps"].toDouble(), mask);
+    // One slot per forward argument; the running statistics and the three scalars get none.
+    return {mask[0] ? dx : Tensor(), mask[1] ? dcoeff : Tensor(), mask[2] ? dweight : Tensor(),
+            mask[3] ? dbias : Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor> mix_batch_norm_autograd(
+    const Tensor& x, const Tensor& coeff, const Tensor& weight, const Tensor& bias, Tensor& running_mean,
+    Tensor& running_var, bool training, double momentum, double eps) {
+  auto out = MixBatchNormFunction::apply(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps);
+  return {out[0], out[1], out[2]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(awnet, Autograd, m) {
+  m.impl("mix_batch_norm", &mix_batch_norm_autograd);
+}
+
+}  // namespace awnet

@@ -1,0 +1,121 @@
+// aw_conv2d by the mix-in-epilogue strategy (DESIGN.md section 3): one convolution against the K banks
+// stacked along the output channels (ATen picks the GEMM: oneDNN on CPU, cuDNN on GPU), then a per-device
+// kernel mixes the bank outputs with the per-sample coefficients. The backward reuses the same stacked
+// weights: dx and every dW_k come from one convolution backward of the coefficient-scaled dy, and
+// dcoeff[b,k,o] = sum_p dy[b,o,p] * conv(x[b], W_k)[o,p] from the recomputed bank outputs.
+#include "awnet.h"
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+namespace awnet {
+namespace {
+
+Tensor stack_banks(const Tensor& weight, int64_t groups) {
+  const auto banks = weight.size(0), out = weight.size(1);
+  return weight.reshape({banks, groups, out / groups, weight.size(2), weight.size(3), weight.size(4)})
+      .transpose(0, 1)
+      .reshape({banks * out, weight.size(2), weight.size(3), weight.size(4)});
+}
+
+Tensor unstack_banks(const Tensor& stacked, int64_t banks, int64_t groups) {
+  const auto out = stacked.size(0) / banks;
+  return stacked.reshape({groups, banks, out / groups, stacked.size(1), stacked.size(2), stacked.size(3)})
+      .transpose(0, 1)
+      .reshape({banks, out, stacked.size(1), stacked.size(2), stacked.size(3)});
+}
+
+// (B, K) or (B, K, C_out) -> contiguous (B, K, C_out) in the accumulation type.
+Tensor filter_coeff(const Tensor& coeff, int64_t out_channels, at::ScalarType acc) {
+  const auto a = coeff.dim() == 2 ? coeff.unsqueeze(-1).expand({coeff.size(0), coeff.size(1), out_channels})
+                                  : coeff;
+  return a.to(acc).contiguous();
+}
+
+Tensor bank_outputs(const Tensor& x, const Tensor& stacked, IntArrayRef stride, IntArrayRef padding,
+                    IntArrayRef dilation, int64_t groups) {
+  return at::convolution(x, stacked, std::nullopt, stride, padding, dilation, false, {0, 0}, groups)
+      .contiguous(x.suggest_memory_format());
+}
+
+void check_args(const Tensor& x, const Tensor& weight, const Tensor& coeff, const std::optional<Tensor>& bias,
+                int64_t groups) {
+  TORCH_CHECK(x.dim() == 4, "awnet::aw_conv2d: x must be (B, C_in, H, W)");
+  TORCH_CHECK(weight.dim() == 5, "awnet::aw_conv2d: weight must be (K, C_out, C_in // groups, kH, kW)");
+  TORCH_CHECK(groups >= 1 && x.size(1) == weight.size(2) * groups && weight.size(1) % groups == 0,
+              "awnet::aw_conv2d: weight's C_in // groups does not match x and groups");
+  TORCH_CHECK((coeff.dim() == 2 || (coeff.dim() == 3 && coeff.size(2) == weight.size(1))) &&
+                  coeff.size(0) == x.size(0) && coeff.size(1) == weight.size(0),
+              "awnet::aw_conv2d: coeff must be (B, K) or (B, K, C_out)");
+  TORCH_CHECK(!bias || (bias->dim() == 2 && bias->size(0) == weight.size(0) && bias->size(1) == weight.size(1)),
+              "awnet::aw_conv2d: bias must be (K, C_out)");
+}
+
+bool is_channels_last(const Tensor& x) {
+  return x.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+
+}  // namespace
+
+Tensor aw_conv2d(const Tensor& x, const Tensor& weight, const Tensor& coeff, const std::optional<Tensor>& bias,
+                 IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+  check_args(x, weight, coeff, bias, groups);
+  const auto acc = at::toOpMathType(x.scalar_type());
+  const auto out_channels = weight.size(1);
+  const auto a = filter_coeff(coeff, out_channels, acc);
+  const auto banks = bank_outputs(x, stack_banks(weight, groups), stride, padding, dilation, groups);
+  Tensor bias_b;
+  if (bias) bias_b = at::einsum("bko,ko->bo", {a, bias->to(acc)}).contiguous();
+  auto y = at::empty({x.size(0), out_channels, banks.size(2), banks.size(3)},
+                     x.options().memory_format(x.suggest_memory_format()));
+  cpu::mix_banks(banks, a, bias_b, groups, is_channels_last(x), y);
+  return y;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> aw_conv2d_backward(
+    const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& coeff,
+    const std::optional<Tensor>& bias, IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+    int64_t groups, std::array<bool, 4> output_mask) {
+  check_args(x, weight, coeff, bias, groups);
+  const auto [need_x, need_weight, need_coeff, need_bias] = output_mask;
+  const auto acc = at::toOpMathType(x.scalar_type());
+  const auto num_banks = weight.size(0), out_channels = weight.size(1);
+  const auto a = filter_coeff(coeff, out_channels, acc);
+  const auto stacked = stack_banks(weight, groups);
+  const auto dy = grad_y.contiguous(x.suggest_memory_format());
+
+  Tensor banks, dy_banks, da;
+  if (need_coeff) {
+    banks = bank_outputs(x, stacked, stride, padding, dilation, groups);
+    da = at::empty(a.sizes(), a.options());
+  }
+  if (need_x || need_weight) {
+    dy_banks = at::empty({dy.size(0), stacked.size(0), dy.size(2), dy.size(3)},
+                         dy.options().memory_format(x.suggest_memory_format()));
+  }
+  auto dy_sum = at::empty({dy.size(0), out_channels}, a.options());
+  cpu::bank_grads(dy, banks, a, groups, is_channels_last(x), dy_banks, da, dy_sum);
+
+  auto empty = x.new_empty({0});
+  Tensor dx = empty, dweight = empty, dcoeff = empty, dbias = empty;
+  if (need_x || need_weight) {
+    auto [gx, gw, unused] = at::convolution_backward(dy_banks, x, stacked, std::nullopt, stride, padding, dilation,
+                                                     false, {0, 0}, groups, {need_x, need_weight, false});
+    if (need_x) dx = gx;
+    if (need_weight) dweight = unstack_banks(gw, num_banks, groups);
+  }
+  if (need_coeff) {
+    if (bias) da.add_(bias->to(acc).unsqueeze(0) * dy_sum.unsqueeze(1));
+    dcoeff = (coeff.dim() == 2 ? da.sum(2) : da).to(coeff.scalar_type());
+  }
+  if (need_bias && bias) dbias = at::einsum("bko,bo->ko", {a, dy_sum}).to(bias->scalar_type());
+  return {dx, dweight, dcoeff, dbias};
+}
+
+TORCH_LIBRARY_IMPL(awnet, CPU, m) {
+  m.impl("aw_conv2d", &aw_conv2d);
+  m.impl("aw_conv2d_backward", &aw_conv2d_backward);
+}
+
+}  // namespace awnet

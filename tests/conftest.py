@@ -1,0 +1,96 @@
+"""Shared fixtures and helpers of the operator tests: the backend parameter and the parity check."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+import awkernels
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Parity tolerances against the float64 reference, relative to max |ref| (DESIGN.md section 2).
+TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9}
+
+# Named so that a backend missing from this install shows up as a skip with its reason; any other backend
+# the install reports is tested too.
+KNOWN_BACKENDS = ("reference", "cpp", "triton", "cuda")
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    device: torch.device
+
+
+def _backend_names() -> list[str]:
+    return list(KNOWN_BACKENDS) + [n for n in awkernels.available_backends() if n not in KNOWN_BACKENDS]
+
+
+@pytest.fixture(params=_backend_names())
+def backend(request) -> Backend:
+    """A backend this install runs and the device its tests put tensors on; skips (saying why) otherwise."""
+    name = request.param
+    if name not in awkernels.available_backends():
+        reasons = {
+            "cpp": "the C++ extension is not built or did not load: "
+                   f"{awkernels.build_info()['reasons']['cpu']}",
+            "triton": "needs triton kernels in the package (GPU, or TRITON_INTERPRET=1 on CPU)",
+            "cuda": "needs the CUDA extension and a CUDA GPU",
+        }
+        pytest.skip(f"backend {name!r} not in this install ({awkernels.available_backends()}): {reasons[name]}")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("backend 'cuda' needs a CUDA GPU and torch.cuda.is_available() is False")
+        return Backend(name, torch.device("cuda"))
+    if name == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("backend 'triton' runs on CPU tensors only under TRITON_INTERPRET=1, which is not set")
+    return Backend(name, torch.device("cpu"))
+
+
+def noncontiguous(t: torch.Tensor) -> torch.Tensor:
+    """A copy of `t` as a permuted, strided view: same values, no contiguous layout."""
+    order = list(range(t.dim()))[::-1]
+    base = torch.empty([t.shape[d] for d in order] + [2], dtype=t.dtype, device=t.device)
+    view = base[..., 0].permute(*order)
+    return view.copy_(t)
+
+
+def to_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "contiguous":
+        return t.contiguous()
+    if layout == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    if layout == "noncontiguous":
+        return noncontiguous(t)
+    raise ValueError(layout)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:
+    """`actual` within `tol` * max|expected| of `expected`; on failure says where and by how much."""
+    assert tuple(actual.shape) == tuple(expected.shape), \
+        f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
+    if expected.numel() == 0:
+        return
+    got = actual.detach().to("cpu", torch.float64)
+    ref = expected.detach().to("cpu", torch.float64)
+    assert torch.isfinite(got).all(), f"{what}: {int((~torch.isfinite(got)).sum())} non-finite values"
+    scale = max(ref.abs().max().item(), 1e-30)
+    diff = (got - ref).abs()
+    worst = int(diff.argmax())
+    err = diff.flatten()[worst].item()
+    if err > tol * scale:
+        index = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), ref.shape))
+        raise AssertionError(
+            f"{what}: max |diff| {err:.3e} = {err / scale:.3e} x max|ref| ({scale:.3e}) > tol {tol:g}; "
+            f"worst at {index}: got {got[index].item():.10g}, expected {ref[index].item():.10g}; "
+            f"{int((diff > tol * scale).sum())} of {ref.numel()} elements out of tolerance")
+
+
+def grads(output: torch.Tensor, inputs: dict[str, torch.Tensor], grad_output: torch.Tensor) -> dict:
+    """The gradients of `output` (with upstream `grad_output`) w.r.t. each named input."""
+    names = list(inputs)
+    values = torch.autograd.grad(output, [inputs[n] for n in names], grad_output)
+    return dict(zip(names, values))
