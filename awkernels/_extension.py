@@ -80,7 +80,7 @@ if _library is not None:
             k = weight.shape[3 + i]
             sizes.append((x.shape[2 + i] + 2 * padding[i] - dilation[i] * (k - 1) - 1) // stride[i] + 1)
         # The C++ op writes y in x's suggested memory format.
-        return x.new_empty(sizes, memory_format=suggest_memory_format(x))
+        return torch.empty(sizes, dtype=x.dtype, device=x.device, memory_format=suggest_memory_format(x))
 
     @torch.library.register_fake("awnet::aw_conv2d_backward")
     def _aw_conv2d_backward_fake(grad_y, x, weight, coeff, bias, stride, padding, dilation, groups, output_mask):
@@ -95,6 +95,6 @@ if _library is not None:
         return torch.empty_like(x), stats, torch.empty_like(stats)
 
     @torch.library.register_fake("awnet::mix_batch_norm_backward")
-    def _mix_batch_norm_backward_fake(grad_y, x, coeff, weight, bias, mean, invstd, training, output_mask):
+    def _mix_batch_norm_backward_fake(grad_y, x, coeff, weight, bias, mean, invstd, training, eps, output_mask):
         grads = (x, coeff, weight, bias)
         return tuple(torch.empty_like(t) if needed else _empty_grad(x) for t, needed in zip(grads, output_mask))

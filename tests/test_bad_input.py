@@ -35,7 +35,8 @@ CONV_BAD = [
      r"weight must have shape .*\(K, 6, 4, kH, kW\)"),
     ("weight-cin-groups-mismatch", lambda a: {"groups": 2}, ValueError,
      r"weight must have shape .*\(K, 6, 2, kH, kW\)"),
-    ("coeff-1d", lambda a: {"coeff": a["coeff"][:, 0]}, ValueError, r"coeff must have shape \(B, K\) or \(B, K, C_out\)"),
+    ("coeff-1d", lambda a: {"coeff": a["coeff"][:, 0]}, ValueError,
+     r"coeff must have shape \(B, K\) or \(B, K, C_out\)"),
     ("coeff-4d", lambda a: {"coeff": randn_like(a["x"], 2, 2, 6, 1)}, ValueError, r"coeff must have shape"),
     ("coeff-batch-mismatch", lambda a: {"coeff": randn_like(a["x"], 3, 2)}, ValueError,
      r"coeff must have shape \(B, K\) = \(2, 2\)"),
@@ -163,8 +164,9 @@ def test_mix_batch_norm_valid_arguments_pass(backend, training):
     torch.manual_seed(0)
     with awkernels.use_backend(backend.name):
         y = awkernels.mix_batch_norm(**dict(bn_args(backend.device), training=training))
-        single = awkernels.mix_batch_norm(**dict(bn_args(backend.device), x=torch.randn(1, 3, 1, 1, device=backend.device),
-                                                 coeff=torch.rand(1, 2, device=backend.device), training=False))
+        single = awkernels.mix_batch_norm(**dict(bn_args(backend.device), training=False,
+                                                 x=torch.randn(1, 3, 1, 1, device=backend.device),
+                                                 coeff=torch.rand(1, 2, device=backend.device)))
     assert y.shape == (2, 3, 4, 4)
     assert single.shape == (1, 3, 1, 1)
 

@@ -34,4 +34,4 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
     def extra_repr(self) -> str:
-        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+        return f"mean={[round(v, 6) for v in self.mean.flatten().tolist()]}, std={[round(v, 6) for v in self.std.flatten().tolist()]}"

@@ -1,0 +1,87 @@
+"""Checkpoints: safetensors weights with the builder's config beside them, for awnet models.
+
+A checkpoint is a safetensors file (no pickle: loading never executes code from the file). Its metadata
+holds the format, the model's `config` (the `awnet.models.build` arguments) as JSON, and a SHA-256 over the
+config and every tensor, so a corrupted or truncated file is refused with a ValueError instead of loading
+wrong weights. The digest guards against accidents, not forgers (who can recompute it); loading is safe
+either way. Part of awnet, an implementation of AW-Net (Wei, Zhao, Li, TPAMI 2024, arXiv 2306.03430).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .models import build
+
+FORMAT = "awnet.checkpoint/1"
+_CONFIG_KEYS = {"name", "num_classes", "aw", "banks", "omega", "router_width"}
+
+
+def _digest(config_json: str, tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256(config_json.encode())
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        digest.update(f"\0{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def save(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write `model`'s weights and config to `path` atomically (a temporary file, then a rename)."""
+    model = getattr(model, "_orig_mod", model)  # the module inside a torch.compile wrapper
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict):
+        raise ValueError(
+            "awnet.save stores the config that rebuilds the model, and this model has none: only models from "
+            "awnet.models.build (or awnet.convert of one) can be saved this way; save other models' "
+            "state_dict() with safetensors.torch.save_file")
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+    config_json = json.dumps(config, sort_keys=True)
+    metadata = {"format": FORMAT, "config": config_json, "sha256": _digest(config_json, tensors)}
+    path = os.fspath(path)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    try:
+        save_file(tensors, temporary, metadata)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model saved at `path` (in eval mode, on `device`).
+
+    Raises ValueError when the file is not an intact awnet checkpoint (truncated, corrupted, modified, or
+    describing a model whose weights it does not hold).
+    """
+    path = os.fspath(path)
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except SafetensorError as error:
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupted?): {error}") from error
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an awnet checkpoint: format {metadata.get('format')!r}, expected {FORMAT!r}")
+    config_json = metadata.get("config", "")
+    if metadata.get("sha256") != _digest(config_json, tensors):
+        raise ValueError(f"{path} fails its integrity check: its weights or config were modified or corrupted")
+    try:
+        config = json.loads(config_json)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} has an unreadable config: {error}") from error
+    if not isinstance(config, dict) or "name" not in config or not set(config) <= _CONFIG_KEYS:
+        raise ValueError(f"{path} has an invalid config {config!r}: expected a dict with 'name' and keys "
+                         f"from {sorted(_CONFIG_KEYS)}")
+    model = build(**config)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as error:
+        raise ValueError(f"{path}'s weights do not fit the model its config describes: {error}") from error
+    return model.to(device).eval()
