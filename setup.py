@@ -8,6 +8,7 @@ part is missing, goes to awkernels/_build_info.json beside the library (read by 
 import glob
 import json
 import os
+import shutil
 import warnings
 
 import torch
@@ -16,6 +17,7 @@ from torch.utils import cpp_extension
 
 EXTENSION = "awkernels._C"
 ROOT = os.path.dirname(os.path.abspath(__file__))
+RECORD = "_build_info.json"
 
 
 def cuda_plan() -> tuple[list[str], str | None]:
@@ -47,18 +49,25 @@ class BuildExtension(cpp_extension.BuildExtension):
             "cpu": {"built": True, "reason": None},
             "cuda": {"built": bool(CUDA_SOURCES), "archs": [], "reason": CUDA_REASON},
         }
+        self.built = True
         try:
             super().build_extensions()
         except Exception as error:  # any failure must still leave a working pure-Python install
             warnings.warn(f"awkernels: the C++ extension was not built ({error}); only the reference and "
                           "triton backends will be available")
+            self.built = False
             record["cpu"] = {"built": False, "reason": f"compiling the extension failed: {error}"}
             record["cuda"] = {"built": False, "archs": [], "reason": "the extension was not built"}
-        # Beside the built library (wheels) and in the source tree (editable installs load from there).
-        for target in {os.path.dirname(self.get_ext_fullpath(EXTENSION)), os.path.join(ROOT, "awkernels")}:
-            os.makedirs(target, exist_ok=True)
-            with open(os.path.join(target, "_build_info.json"), "w") as f:
-                json.dump(record, f, indent=2)
+        self.record_file = os.path.join(os.path.dirname(self.get_ext_fullpath(EXTENSION)), RECORD)
+        os.makedirs(os.path.dirname(self.record_file), exist_ok=True)
+        with open(self.record_file, "w") as f:
+            json.dump(record, f, indent=2)
+
+    def copy_extensions_to_source(self):
+        # Editable and --inplace builds load from the source tree: the record goes with the library.
+        if self.built:
+            super().copy_extensions_to_source()
+        shutil.copyfile(self.record_file, os.path.join(ROOT, "awkernels", RECORD))
 
 
 sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/autograd/*.cpp"))

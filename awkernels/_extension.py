@@ -51,7 +51,7 @@ def has_cuda() -> bool:
 
 def build_info() -> dict:
     """What this install compiled, what loaded, and why a part is missing."""
-    cpu_reason = _load_error or _record["cpu"].get("reason")
+    cpu_reason = _record["cpu"]["reason"] if not _record["cpu"]["built"] else _load_error
     cuda = _record["cuda"]
     return {
         "cpu": has_cpu(),
