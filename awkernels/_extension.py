@@ -67,8 +67,12 @@ def build_info() -> dict:
     }
 
 
-def _empty_grad(t: torch.Tensor) -> torch.Tensor:
-    return t.new_empty((0,))
+def _grads(x: torch.Tensor, others, output_mask) -> tuple:
+    """Fake gradients as the C++ backwards lay them out: dx like x's memory format, the rest contiguous,
+    and an empty tensor for each gradient not asked for."""
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=suggest_memory_format(x))
+    grads = [dx] + [t.new_empty(t.shape) if t is not None else None for t in others]
+    return tuple(g if needed and g is not None else x.new_empty((0,)) for g, needed in zip(grads, output_mask))
 
 
 if _library is not None:
@@ -84,9 +88,7 @@ if _library is not None:
 
     @torch.library.register_fake("awnet::aw_conv2d_backward")
     def _aw_conv2d_backward_fake(grad_y, x, weight, coeff, bias, stride, padding, dilation, groups, output_mask):
-        grads = (x, weight, coeff, bias)
-        return tuple(torch.empty_like(t) if needed and t is not None else _empty_grad(x)
-                     for t, needed in zip(grads, output_mask))
+        return _grads(x, (weight, coeff, bias), output_mask)
 
     @torch.library.register_fake("awnet::mix_batch_norm")
     def _mix_batch_norm_fake(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps):
@@ -96,5 +98,4 @@ if _library is not None:
 
     @torch.library.register_fake("awnet::mix_batch_norm_backward")
     def _mix_batch_norm_backward_fake(grad_y, x, coeff, weight, bias, mean, invstd, training, eps, output_mask):
-        grads = (x, coeff, weight, bias)
-        return tuple(torch.empty_like(t) if needed else _empty_grad(x) for t, needed in zip(grads, output_mask))
+        return _grads(x, (coeff, weight, bias), output_mask)

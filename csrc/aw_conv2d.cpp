@@ -77,6 +77,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> aw_conv2d_backward(
     const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& coeff,
     const std::optional<Tensor>& bias, IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
     int64_t groups, std::array<bool, 4> output_mask) {
+  // Layouts are part of the contract (the fake kernels promise them): dx in x's memory format, the
+  // other gradients contiguous.
   check_args(x, weight, coeff, bias, groups);
   const auto [need_x, need_weight, need_coeff, need_bias] = output_mask;
   const auto acc = at::toOpMathType(x.scalar_type());
@@ -102,14 +104,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> aw_conv2d_backward(
   if (need_x || need_weight) {
     auto [gx, gw, unused] = at::convolution_backward(dy_banks, x, stacked, std::nullopt, stride, padding, dilation,
                                                      false, {0, 0}, groups, {need_x, need_weight, false});
-    if (need_x) dx = gx;
+    if (need_x) dx = gx.contiguous(x.suggest_memory_format());
     if (need_weight) dweight = unstack_banks(gw, num_banks, groups);
   }
   if (need_coeff) {
     if (bias) da.add_(bias->to(acc).unsqueeze(0) * dy_sum.unsqueeze(1));
-    dcoeff = (coeff.dim() == 2 ? da.sum(2) : da).to(coeff.scalar_type());
+    dcoeff = (coeff.dim() == 2 ? da.sum(2) : da).to(coeff.scalar_type()).contiguous();
   }
-  if (need_bias && bias) dbias = at::einsum("bko,bo->ko", {a, dy_sum}).to(bias->scalar_type());
+  if (need_bias && bias) dbias = at::einsum("bko,bo->ko", {a, dy_sum}).to(bias->scalar_type()).contiguous();
   return {dx, dweight, dcoeff, dbias};
 }
 

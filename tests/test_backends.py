@@ -57,13 +57,15 @@ def _conv_and_bn(x, weight, coeff, bias, gamma, beta, running_mean, running_var)
     return y.square().mean()
 
 
-@pytest.mark.parametrize("backend", awkernels.available_backends())
-def test_compile_fullgraph_matches_eager(backend):
+# Inductor also checks that the fake kernels promise the layouts the real ones produce.
+@pytest.mark.parametrize("backend,compiler", [(b, "aot_eager") for b in awkernels.available_backends()]
+                         + [("cpp", "inductor")] * ("cpp" in awkernels.available_backends()))
+def test_compile_fullgraph_matches_eager(backend, compiler):
     torch.manual_seed(0)
     inputs = [torch.randn(2, 3, 6, 6), torch.randn(2, 4, 3, 3, 3), torch.rand(2, 2, 4) + 0.5,
               torch.randn(2, 4), torch.rand(2, 4) + 0.5, torch.randn(2, 4)]
     results = []
-    for fn in (_conv_and_bn, torch.compile(_conv_and_bn, fullgraph=True, backend="aot_eager")):
+    for fn in (_conv_and_bn, torch.compile(_conv_and_bn, fullgraph=True, backend=compiler)):
         leaves = [t.clone().requires_grad_() for t in inputs]
         stats = [torch.zeros(2, 4), torch.ones(2, 4)]
         torch._dynamo.reset()
