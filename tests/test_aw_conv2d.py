@@ -84,7 +84,7 @@ def check_parity(backend, case: ConvCase, wrt: tuple[str, ...]) -> None:
     tested = {}
     for name, t in exact.items():
         layout = case.layout if name == "x" or case.layout == "noncontiguous" else "contiguous"
-        tested[name] = to_layout(t.to(case.dtype), layout).to(backend.device).requires_grad_(name in wrt)
+        tested[name] = to_layout(t.to(case.dtype, copy=True), layout).to(backend.device).requires_grad_(name in wrt)
     ref_inputs = {name: t.clone().requires_grad_(name in wrt) for name, t in exact.items()}
 
     with awkernels.use_backend(backend.name):

@@ -120,6 +120,9 @@ BN_BAD = [
     ("coeff-batch-mismatch", lambda a: {"coeff": randn_like(a["x"], 3, 2)}, ValueError,
      r"coeff must have shape \(B, K\) with B = 2"),
     ("coeff-f64", lambda a: {"coeff": a["coeff"].double()}, TypeError, r"coeff has dtype torch\.float64"),
+    # K is read from coeff, so a coeff with a third bank is reported against the (K, C) parameters.
+    ("coeff-K-mismatch", lambda a: {"coeff": torch.rand(2, 3, device=a["x"].device)}, ValueError,
+     r"weight must have shape \(K, C\) = \(3, 3\), got \(2, 3\)"),
     ("weight-C-mismatch", lambda a: {"weight": randn_like(a["x"], 2, 4)}, ValueError,
      r"weight must have shape \(K, C\) = \(2, 3\)"),
     ("weight-K-mismatch", lambda a: {"weight": randn_like(a["x"], 3, 3)}, ValueError,

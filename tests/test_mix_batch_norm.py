@@ -30,10 +30,11 @@ class BNCase:
     dtype: torch.dtype = torch.float32
     layout: str = "contiguous"  # of x (and of coeff when noncontiguous)
     momentum: float = 0.1
+    params: torch.dtype | None = None  # of weight, bias and running stats; None: float64 for float64 x, else float32
 
     @property
     def param_dtype(self) -> torch.dtype:
-        return F64 if self.dtype == F64 else torch.float32
+        return self.params or (F64 if self.dtype == F64 else torch.float32)
 
     def make_coeff(self) -> torch.Tensor:
         if self.coeff.startswith("hard"):
@@ -62,6 +63,7 @@ CASES = [
     BNCase("train-K1-soft", True, banks=1),
     BNCase("train-K2-hard", True, coeff="hard"),
     BNCase("train-K2-soft-f64", True, dtype=F64),
+    BNCase("train-K2-soft-f64-float32-params", True, dtype=F64, params=torch.float32),
     BNCase("train-K3-hard-channels_last", True, banks=3, coeff="hard", layout="channels_last"),
     BNCase("train-K3-soft-noncontiguous-f64", True, banks=3, layout="noncontiguous", dtype=F64, momentum=0.3),
     BNCase("train-K3-soft-zero-bank", True, banks=3, coeff="soft-zero-bank"),
@@ -87,7 +89,7 @@ def test_parity_output_gradients_and_running_stats(backend, case):
     for name, t in exact.items():
         dtype = case.dtype if name in ("x", "coeff") else case.param_dtype
         layout = case.layout if name == "x" or (name == "coeff" and case.layout == "noncontiguous") else "contiguous"
-        tested[name] = to_layout(t.to(dtype), layout).to(backend.device).requires_grad_(name in wrt)
+        tested[name] = to_layout(t.to(dtype, copy=True), layout).to(backend.device).requires_grad_(name in wrt)
     ref_inputs = {name: t.clone().requires_grad_(name in wrt) for name, t in exact.items()}
 
     with awkernels.use_backend(backend.name):
@@ -98,14 +100,14 @@ def test_parity_output_gradients_and_running_stats(backend, case):
 
     assert y.shape == tested["x"].shape
     assert y.dtype == case.dtype
-    tol = TOLERANCE[case.dtype]
-    assert_close(y, y_ref, tol, "y")
+    assert_close(y, y_ref, TOLERANCE[case.dtype], "y")
 
     dy = torch.randn(y_ref.shape, dtype=F64).to(case.dtype).to(F64)
     got = grads(y, {n: tested[n] for n in wrt}, dy.to(case.dtype).to(backend.device))
     want = grads(y_ref, {n: ref_inputs[n] for n in wrt}, dy)
     for name in wrt:
-        assert_close(got[name], want[name], tol, f"d{name}")
+        assert got[name].dtype == tested[name].dtype, f"d{name} has dtype {got[name].dtype}"
+        assert_close(got[name], want[name], TOLERANCE[got[name].dtype], f"d{name}")
 
     # Eval keeps every bank's statistics, training those of the banks with zero total weight, bit for bit.
     kept = exact["coeff"].sum(0) == 0 if case.training else torch.ones(case.banks, dtype=torch.bool)
