@@ -1,11 +1,19 @@
 """Backend selection: `use_backend`, `AWNET_BACKEND` and the `auto` policy."""
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 
 import torch
 
 from . import _extension
+
+log = logging.getLogger("awkernels")
+
+# Triton runs on CUDA tensors, or on CPU tensors under its interpreter (how CI tests the kernels).
+TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 BACKENDS = ("reference", "cpp", "triton", "cuda")
 _CHOICES = BACKENDS + ("auto",)
@@ -25,6 +33,8 @@ def available_backends() -> list[str]:
     names = ["reference"]
     if _extension.has_cpu():
         names.append("cpp")
+    if HAS_TRITON and (TRITON_INTERPRET or torch.cuda.is_available()):
+        names.append("triton")
     return names
 
 
@@ -59,6 +69,8 @@ def resolve(x: torch.Tensor) -> str:
     if name == "auto":
         if x.device.type == "cpu" and _extension.has_cpu():
             return "cpp"
+        if x.is_cuda and "triton" in available_backends():
+            return "triton"
         return "reference"
     if name not in available_backends():
         raise RuntimeError(
@@ -66,4 +78,22 @@ def resolve(x: torch.Tensor) -> str:
             f"see awkernels.build_info()")
     if name == "cpp" and x.device.type != "cpu":
         raise ValueError(f"backend 'cpp' runs on CPU tensors, but x is on {x.device}")
+    if name == "triton" and not (x.is_cuda or (TRITON_INTERPRET and x.device.type == "cpu")):
+        raise ValueError(f"backend 'triton' runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), "
+                         f"but x is on {x.device}")
+    return name
+
+
+_fallbacks_logged: set[str] = set()
+
+
+def fallback(x: torch.Tensor, reason: str) -> str:
+    """The backend that runs a case the chosen one does not serve, saying why once."""
+    if x.device.type == "cpu" and _extension.has_cpu():
+        name = "cpp"
+    else:
+        name = "reference"
+    if reason not in _fallbacks_logged:
+        _fallbacks_logged.add(reason)
+        log.warning("awkernels: %s; using the %r backend", reason, name)
     return name

@@ -5,6 +5,9 @@ import torch
 
 from . import _backend, _validate, reference
 
+if _backend.HAS_TRITON:
+    from .triton.aw_conv2d import aw_conv2d_triton
+
 
 def aw_conv2d(
     x: torch.Tensor,
@@ -31,6 +34,10 @@ def aw_conv2d(
     """
     stride, padding, dilation = _validate.aw_conv2d_args(x, weight, coeff, bias, stride, padding, dilation, groups)
     backend = _backend.resolve(x)
+    if backend == "triton" and groups != 1:
+        backend = _backend.fallback(x, f"the triton kernels serve groups=1, not groups={groups}")
+    if backend == "triton":
+        return aw_conv2d_triton(x, weight, coeff, bias, stride, padding, dilation)
     if backend == "cpp":
         return torch.ops.awnet.aw_conv2d(x, weight, coeff, bias, stride, padding, dilation, groups)
     return reference.aw_conv2d(x, weight, coeff, bias, stride, padding, dilation, groups)

@@ -5,6 +5,9 @@ import torch
 
 from . import _backend, _validate, reference
 
+if _backend.HAS_TRITON:
+    from .triton.mix_batch_norm import mix_batch_norm_triton
+
 
 def mix_batch_norm(
     x: torch.Tensor,
@@ -27,6 +30,14 @@ def mix_batch_norm(
     _validate.mix_batch_norm_args(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps)
     momentum, eps = float(momentum), float(eps)
     backend = _backend.resolve(x)
+    if backend == "triton":
+        y, _, _, new_mean, new_var = mix_batch_norm_triton(
+            x, coeff, weight, bias, running_mean, running_var, training, momentum, eps)
+        if training:
+            with torch.no_grad():
+                running_mean.copy_(new_mean)
+                running_var.copy_(new_var)
+        return y
     if backend == "cpp":
         return torch.ops.awnet.mix_batch_norm(
             x, coeff, weight, bias, running_mean, running_var, training, momentum, eps)[0]

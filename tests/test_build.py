@@ -33,7 +33,7 @@ def test_build_without_compiler_leaves_a_pure_python_package(tmp_path):
                          env=dict(os.environ, PYTHONPATH=str(tmp_path / "site")))
     assert run.returncode == 0, run.stderr
     backends, info, shape = json.loads(run.stdout.strip().splitlines()[-1])
-    assert backends == ["reference"]
+    assert "reference" in backends and "cpp" not in backends
     assert info["cpu"] is False and "compiling the extension failed" in info["reasons"]["cpu"]
     assert shape == [2, 4, 3, 3]
     assert torch.__version__ == record["torch"]

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .core import ascent_step, best_of_restarts, check_args, expand, input_grad, objective_of, project
+from .core import ascent_step, best_of_restarts, check_args, expand, input_grad, objective_of, project, track_fooling
 from .core import random_start as random_point
 
 MOMENTUM = 0.75
@@ -46,7 +46,7 @@ def apgd(
     random_start: bool = True,
     restarts: int = 1,
 ) -> Tensor:
-    """APGD on `loss` ("ce", "dlr", "margin" or an objective); returns, per sample, the first iterate that
+    """APGD on `loss` ("ce", "dlr", "margin" or an objective); returns, per sample, the last iterate that
     fooled the model, else the highest-loss point found."""
     check_args(x, y, eps, norm)
     if steps < 1:
@@ -64,8 +64,7 @@ def apgd(
 def _apgd_run(model, x, y, eps, steps, norm, start_random, objective, marks) -> tuple[Tensor, Tensor]:
     cur = random_point(x, eps, norm) if start_random else x.clone()
     grad, f_cur, logits = input_grad(objective, model, cur, y)
-    found = logits.argmax(1) != y
-    kept = cur
+    kept, found = track_fooling(cur, logits, y, cur, torch.zeros_like(y, dtype=torch.bool))
     x_max, f_max, grad_max = cur, f_cur, grad
     eta = torch.full_like(f_cur, 2.0 * eps)
     # State of the last checkpoint: best loss then, whether eta was halved then, raised-loss steps since.
@@ -80,9 +79,7 @@ def _apgd_run(model, x, y, eps, steps, norm, start_random, objective, marks) -> 
         else:  # the last iterate needs only its loss and prediction
             with torch.no_grad():
                 f_new, logits = objective(model, cur, y)
-        wrong = logits.argmax(1) != y
-        kept = torch.where(expand(wrong & ~found, x), cur, kept)
-        found = found | wrong
+        kept, found = track_fooling(cur, logits, y, kept, found)
         raised = raised + (f_new > f_cur).to(raised.dtype)
         better = f_new > f_max
         x_max = torch.where(expand(better, x), cur, x_max)

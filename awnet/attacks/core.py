@@ -117,6 +117,12 @@ def input_grad(objective: Objective, model: nn.Module, x_adv: Tensor, y: Tensor)
     return grad, loss.detach(), logits.detach()
 
 
+def track_fooling(x_adv: Tensor, logits: Tensor, y: Tensor, kept: Tensor, found: Tensor) -> tuple[Tensor, Tensor]:
+    """Update (per sample, the latest iterate that fooled the model; whether any did) with `x_adv`."""
+    wrong = logits.argmax(1) != y
+    return torch.where(expand(wrong, x_adv), x_adv, kept), found | wrong
+
+
 def best_of_restarts(run: Callable[[], tuple[Tensor, Tensor]], x: Tensor, restarts: int) -> Tensor:
     """Run `run() -> (x_adv, fooled)` up to `restarts` times; per sample, keep the first restart that fooled
     the model, else the last restart's output."""

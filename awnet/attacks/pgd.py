@@ -5,8 +5,9 @@
 - CW-Linf: PGD on the margin loss of Carlini & Wagner, "Towards Evaluating the Robustness of Neural
   Networks", arXiv 1608.04644 (the Linf form used by TRADES and AutoAttack's evaluations).
 
-Each returns the adversarial batch: per sample the first iterate that the model misclassified, otherwise the
-final iterate (of the last restart), always within the eps-ball and the [0, 1] box.
+Each returns the adversarial batch: per sample the last iterate that the model misclassified (the most
+optimised one that fools it, so more steps never undo a success), otherwise the final iterate of the last
+restart; always within the eps-ball and the [0, 1] box.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
-from .core import Objective, ascent_step, best_of_restarts, check_args, expand, input_grad, objective_of, project
+from .core import (Objective, ascent_step, best_of_restarts, check_args, expand, input_grad, objective_of, project,
+                   track_fooling)
 from .core import random_start as random_point
 
 
@@ -53,17 +55,16 @@ def _pgd_run(model, x, y, eps, alpha, steps, norm, start_random, objective) -> t
     kept, found = x_adv, torch.zeros_like(y, dtype=torch.bool)
     for _ in range(steps):
         grad, _, logits = input_grad(objective, model, x_adv, y)
-        # The forward that gives the gradient also says whether this iterate already fools the model.
-        wrong = logits.argmax(1) != y
-        kept = torch.where(expand(wrong & ~found, x), x_adv, kept)
-        found = found | wrong
+        # The forward that gives the gradient also says whether this iterate fools the model.
+        kept, found = track_fooling(x_adv, logits, y, kept, found)
         x_adv = project(ascent_step(x_adv, grad, alpha, norm), x, eps, norm)
     with torch.no_grad():
-        wrong = objective(model, x_adv, y)[1].argmax(1) != y
-    return torch.where(expand(found, x), kept, x_adv), found | wrong
+        kept, found = track_fooling(x_adv, objective(model, x_adv, y)[1], y, kept, found)
+    return torch.where(expand(found, x), kept, x_adv), found
 
 
-def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str = "linf", loss: Union[str, Objective] = "ce") -> Tensor:
+def fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str = "linf",
+         loss: Union[str, Objective] = "ce") -> Tensor:
     """One full-size step from the clean input (Linf: `x + eps * sign(grad)`; L2: the fast gradient method)."""
     return pgd(model, x, y, eps, alpha=eps, steps=1, norm=norm, random_start=False, loss=loss)
 

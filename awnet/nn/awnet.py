@@ -25,7 +25,8 @@ class AWNet(nn.Module):
     a (B,) per-sample tensor or a (B, 2) soft route (see `signals.route_mix`). Training passes the true type.
 
     After a forward, `omegas`, `type_logits`, `p_types` and `adversarial_score` hold the router's outputs,
-    still in the autograd graph (an attack differentiates through them).
+    still in the autograd graph (an attack differentiates through them; they keep that forward's graph alive
+    until the next one). They live in the shared `Signals`, which torch.compile(fullgraph=True) traces.
     """
 
     def __init__(self, body: nn.Module, router: AdversarialRouter):

@@ -26,7 +26,7 @@ class RouterOutput(NamedTuple):
 
 
 class AdversarialRouter(nn.Module):
-    """D = conv3x3-BN-ReLU, strided conv3x3-BN-ReLU, global average pool: a `width`-vector per sample.
+    """D = two stride-2 conv3x3-BN-ReLU, then global average pool: a `width`-vector per sample.
 
     Args:
         in_channels: channels of the input images.
@@ -57,7 +57,7 @@ class AdversarialRouter(nn.Module):
         self.normalize = Normalize(mean, std, **factory) if mean is not None else nn.Identity()
         hidden = width // 2
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False, **factory),
+            nn.Conv2d(in_channels, hidden, 3, stride=2, padding=1, bias=False, **factory),
             nn.BatchNorm2d(hidden, **factory),
             nn.ReLU(),
             nn.Conv2d(hidden, width, 3, stride=2, padding=1, bias=False, **factory),

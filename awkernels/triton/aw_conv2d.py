@@ -1,0 +1,345 @@
+"""Triton kernels for aw_conv2d (DESIGN.md section 3), groups = 1.
+
+Three implicit-GEMM kernels, each reading x, dy and the banks through their strides (so NCHW,
+channels_last and non-contiguous inputs need no copies):
+
+- forward, blend-in-loop: per (sample, pixel tile, filter tile), acc[o, p] += W_b[o, r] @ im2col(x_b)[r, p]
+  with W_b = sum_k a[b,k,o] W_k blended in registers (M = C_out, so the blended tile is the A operand).
+  For K = 1 the blend is a per-filter scale, applied to the accumulator in the epilogue instead.
+- dx: the same with the transposed banks, acc[c, q] += W_b^T[c, (o,i,j)] @ dy_b gathered at input pixel q.
+- dW and dcoeff in one kernel per weight tile that walks the batch: G_b = dy_b @ im2col(x_b)^T is formed in
+  registers, accumulated into dW_k += a[b,k,o] G_b and reduced against the banks into
+  da[b,k,o] = <G_b[o], W_k[o]>; G_b never reaches memory.
+
+Coefficients are read through strides too: a layer-level coeff (B, K) is the filter-level one with a zero
+filter stride.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch._prims_common import suggest_memory_format
+
+from .config import Config, acc_dtype, acc_torch_dtype, dot_precision, pick, upcast_dots
+
+
+@triton.jit
+def _forward_kernel(
+    x_ptr, w_ptr, a_ptr, bias_ptr, y_ptr,
+    C_in, H, W, C_out, H_out, W_out,
+    sxb, sxc, sxh, sxw, syb, syc, syh, syw, sab, sak, sao,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    KH: tl.constexpr, KW: tl.constexpr, BANKS: tl.constexpr, BANKS_P2: tl.constexpr, HAS_BIAS: tl.constexpr,
+    ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pixels = H_out * W_out
+    reduction = C_in * KH * KW
+    tiles = tl.cdiv(pixels, BLOCK_N)
+    b = (tl.program_id(0) // tiles).to(tl.int64)
+    offs_p = (tl.program_id(0) % tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_o = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_p, mask_o = offs_p < pixels, offs_o < C_out
+    ih0 = (offs_p // W_out) * stride_h - pad_h
+    iw0 = (offs_p % W_out) * stride_w - pad_w
+    banks = tl.arange(0, BANKS_P2)
+    mask_ko = (banks[:, None] < BANKS) & mask_o[None, :]
+    a = tl.load(a_ptr + b * sab + banks[:, None] * sak + offs_o[None, :] * sao, mask=mask_ko, other=0.0).to(ACC)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    for r0 in range(0, reduction, BLOCK_K):
+        offs_r = r0 + tl.arange(0, BLOCK_K)
+        mask_r = offs_r < reduction
+        c = offs_r // (KH * KW)
+        ki = (offs_r // KW) % KH
+        kj = offs_r % KW
+        ih = ih0[None, :] + (ki * dil_h)[:, None]
+        iw = iw0[None, :] + (kj * dil_w)[:, None]
+        mask_x = mask_r[:, None] & mask_p[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        x = tl.load(x_ptr + b * sxb + c[:, None] * sxc + ih * sxh + iw * sxw, mask=mask_x, other=0.0)
+        w_offs = offs_o[:, None] * reduction + offs_r[None, :]
+        mask_w = mask_o[:, None] & mask_r[None, :]
+        if BANKS == 1:
+            w = tl.load(w_ptr + w_offs, mask=mask_w, other=0.0)
+        else:
+            w_k = tl.load(w_ptr + banks[:, None, None] * (C_out * reduction) + w_offs[None, :, :],
+                          mask=(banks[:, None, None] < BANKS) & mask_w[None, :, :], other=0.0)
+            w = tl.sum(a[:, :, None] * w_k.to(ACC), axis=0).to(x.dtype)
+        if UPCAST:
+            acc += tl.dot(w.to(ACC), x.to(ACC), input_precision=PRECISION, out_dtype=ACC)
+        else:
+            acc += tl.dot(w, x, input_precision=PRECISION, out_dtype=ACC)
+
+    if BANKS == 1:
+        acc *= tl.sum(a, axis=0)[:, None]
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + banks[:, None] * C_out + offs_o[None, :], mask=mask_ko, other=0.0)
+        acc += tl.sum(a * bias.to(ACC), axis=0)[:, None]
+    oh, ow = offs_p // W_out, offs_p % W_out
+    y_offs = b * syb + offs_o[:, None] * syc + oh[None, :] * syh + ow[None, :] * syw
+    tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=mask_o[:, None] & mask_p[None, :])
+
+
+@triton.jit
+def _input_grad_kernel(
+    dy_ptr, w_ptr, a_ptr, dx_ptr,
+    C_in, H, W, C_out, H_out, W_out,
+    sgb, sgc, sgh, sgw, sxb, sxc, sxh, sxw, sab, sak, sao,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    KH: tl.constexpr, KW: tl.constexpr, BANKS: tl.constexpr, BANKS_P2: tl.constexpr,
+    ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pixels = H * W
+    reduction = C_out * KH * KW
+    tiles = tl.cdiv(pixels, BLOCK_N)
+    b = (tl.program_id(0) // tiles).to(tl.int64)
+    offs_q = (tl.program_id(0) % tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_c = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_q, mask_c = offs_q < pixels, offs_c < C_in
+    ih, iw = offs_q // W, offs_q % W
+    banks = tl.arange(0, BANKS_P2)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    for r0 in range(0, reduction, BLOCK_K):
+        offs_r = r0 + tl.arange(0, BLOCK_K)
+        mask_r = offs_r < reduction
+        o = offs_r // (KH * KW)
+        ki = (offs_r // KW) % KH
+        kj = offs_r % KW
+        # Output pixel that input pixel q feeds through tap (ki, kj), if the stride lands on one.
+        oh_s = ih[None, :] + pad_h - (ki * dil_h)[:, None]
+        ow_s = iw[None, :] + pad_w - (kj * dil_w)[:, None]
+        oh, ow = oh_s // stride_h, ow_s // stride_w
+        mask_g = (mask_r[:, None] & mask_q[None, :] & (oh_s >= 0) & (ow_s >= 0)
+                  & (oh_s % stride_h == 0) & (ow_s % stride_w == 0) & (oh < H_out) & (ow < W_out))
+        g = tl.load(dy_ptr + b * sgb + o[:, None] * sgc + oh * sgh + ow * sgw, mask=mask_g, other=0.0)
+        # W_b^T[c, (o, ki, kj)] = sum_k a[b,k,o] W_k[o, c, ki, kj]
+        mask_kr = (banks[:, None] < BANKS) & mask_r[None, :]
+        a = tl.load(a_ptr + b * sab + banks[:, None] * sak + o[None, :] * sao, mask=mask_kr, other=0.0).to(ACC)
+        w_offs = (o * C_in * KH * KW + ki * KW + kj)[None, :] + (offs_c * KH * KW)[:, None]
+        w_k = tl.load(w_ptr + banks[:, None, None] * (C_out * C_in * KH * KW) + w_offs[None, :, :],
+                      mask=mask_kr[:, None, :] & mask_c[None, :, None], other=0.0)
+        w = tl.sum(a[:, None, :] * w_k.to(ACC), axis=0).to(g.dtype)
+        if UPCAST:
+            acc += tl.dot(w.to(ACC), g.to(ACC), input_precision=PRECISION, out_dtype=ACC)
+        else:
+            acc += tl.dot(w, g, input_precision=PRECISION, out_dtype=ACC)
+
+    dx_offs = b * sxb + offs_c[:, None] * sxc + ih[None, :] * sxh + iw[None, :] * sxw
+    tl.store(dx_ptr + dx_offs, acc.to(dx_ptr.dtype.element_ty), mask=mask_c[:, None] & mask_q[None, :])
+
+
+@triton.jit
+def _weight_coeff_grad_kernel(
+    dy_ptr, x_ptr, w_ptr, a_ptr, dw_ptr, da_ptr,
+    B, C_in, H, W, C_out, H_out, W_out, samples_per_split,
+    sgb, sgc, sgh, sgw, sxb, sxc, sxh, sxw, sab, sak, sao,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    KH: tl.constexpr, KW: tl.constexpr, BANKS: tl.constexpr, BANKS_P2: tl.constexpr,
+    NEED_WEIGHT: tl.constexpr, NEED_COEFF: tl.constexpr,
+    ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """dw: (splits, K, C_out, R) partial sums over each split of the batch; da: (R tiles, B, K, C_out)."""
+    pixels = H_out * W_out
+    reduction = C_in * KH * KW
+    offs_o = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_r = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    split = tl.program_id(2)
+    mask_o, mask_r = offs_o < C_out, offs_r < reduction
+    c = offs_r // (KH * KW)
+    ki = (offs_r // KW) % KH
+    kj = offs_r % KW
+    banks = tl.arange(0, BANKS_P2)
+    mask_ko = (banks[:, None] < BANKS) & mask_o[None, :]
+    mask_kor = mask_ko[:, :, None] & mask_r[None, None, :]
+    w_offs = banks[:, None, None] * (C_out * reduction) + offs_o[None, :, None] * reduction + offs_r[None, None, :]
+    if NEED_COEFF:
+        w_k = tl.load(w_ptr + w_offs, mask=mask_kor, other=0.0).to(ACC)
+    dw = tl.zeros((BANKS_P2, BLOCK_M, BLOCK_N), dtype=ACC)
+
+    first = split * samples_per_split
+    for b in range(first, tl.minimum(first + samples_per_split, B)):
+        b64 = tl.cast(b, tl.int64)
+        grad = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)  # G_b tile: filters x (c, ki, kj)
+        for p0 in range(0, pixels, BLOCK_K):
+            offs_p = p0 + tl.arange(0, BLOCK_K)
+            mask_p = offs_p < pixels
+            oh, ow = offs_p // W_out, offs_p % W_out
+            g = tl.load(dy_ptr + b64 * sgb + offs_o[:, None] * sgc + oh[None, :] * sgh + ow[None, :] * sgw,
+                        mask=mask_o[:, None] & mask_p[None, :], other=0.0)
+            ih = (oh * stride_h - pad_h)[:, None] + (ki * dil_h)[None, :]
+            iw = (ow * stride_w - pad_w)[:, None] + (kj * dil_w)[None, :]
+            mask_x = mask_p[:, None] & mask_r[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            x = tl.load(x_ptr + b64 * sxb + c[None, :] * sxc + ih * sxh + iw * sxw, mask=mask_x, other=0.0)
+            if UPCAST:
+                grad += tl.dot(g.to(ACC), x.to(ACC), input_precision=PRECISION, out_dtype=ACC)
+            else:
+                grad += tl.dot(g, x, input_precision=PRECISION, out_dtype=ACC)
+        a = tl.load(a_ptr + b64 * sab + banks[:, None] * sak + offs_o[None, :] * sao, mask=mask_ko, other=0.0)
+        if NEED_WEIGHT:
+            dw += a.to(ACC)[:, :, None] * grad.to(ACC)[None, :, :]
+        if NEED_COEFF:
+            da = tl.sum(w_k * grad.to(ACC)[None, :, :], axis=2)
+            da_offs = ((tl.program_id(1) * B + b64) * BANKS + banks[:, None]) * C_out + offs_o[None, :]
+            tl.store(da_ptr + da_offs, da, mask=mask_ko)
+    if NEED_WEIGHT:
+        tl.store(dw_ptr + split.to(tl.int64) * (BANKS * C_out * reduction) + w_offs, dw, mask=mask_kor)
+
+
+def _coeff_strides(coeff: torch.Tensor) -> tuple[int, int, int]:
+    """(sample, bank, filter) strides; a layer-level coeff broadcasts over filters with stride 0."""
+    return (coeff.stride(0), coeff.stride(1), coeff.stride(2) if coeff.dim() == 3 else 0)
+
+
+def _out_size(size, kernel, stride, padding, dilation):
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _constants(x, weight):
+    banks = weight.shape[0]
+    return dict(KH=weight.shape[3], KW=weight.shape[4], BANKS=banks, BANKS_P2=triton.next_power_of_2(banks),
+                ACC=acc_dtype(x.dtype), PRECISION=dot_precision(x), UPCAST=upcast_dots(x))
+
+
+def _shape_key(x, weight, coeff, geometry):
+    return (x.dtype, tuple(x.shape), x.stride(), tuple(weight.shape), coeff.dim(), geometry)
+
+
+def forward(x, weight, coeff, bias, stride, padding, dilation, config: Config | None = None):
+    batch, c_in, h, w = x.shape
+    banks, c_out, _, kh, kw = weight.shape
+    h_out, w_out = (_out_size(h, kh, stride[0], padding[0], dilation[0]),
+                    _out_size(w, kw, stride[1], padding[1], dilation[1]))
+    y = torch.empty((batch, c_out, h_out, w_out), dtype=x.dtype, device=x.device,
+                    memory_format=suggest_memory_format(x))
+    if batch == 0:
+        return y
+    weight = weight.contiguous()
+    if config is None:
+        key = _shape_key(x, weight, coeff, (*stride, *padding, *dilation, bias is not None))
+        config = pick("forward", key, lambda cfg: forward(x, weight, coeff, bias, stride, padding, dilation, cfg))
+    grid = (batch * triton.cdiv(h_out * w_out, config.block_n), triton.cdiv(c_out, config.block_m))
+    _forward_kernel[grid](
+        x, weight, coeff, bias.contiguous() if bias is not None else weight, y,
+        c_in, h, w, c_out, h_out, w_out, *x.stride(), *y.stride(), *_coeff_strides(coeff),
+        *stride, *padding, *dilation, HAS_BIAS=bias is not None, **_constants(x, weight), **config.kwargs())
+    return y
+
+
+def input_grad(grad_y, x, weight, coeff, stride, padding, dilation, config: Config | None = None):
+    batch, c_in, h, w = x.shape
+    c_out, h_out, w_out = grad_y.shape[1:]
+    dx = torch.empty_like(x, memory_format=suggest_memory_format(x))
+    if batch == 0:
+        return dx
+    weight = weight.contiguous()
+    if config is None:
+        key = _shape_key(x, weight, coeff, (*stride, *padding, *dilation))
+        config = pick("input_grad", key,
+                      lambda cfg: input_grad(grad_y, x, weight, coeff, stride, padding, dilation, cfg))
+    grid = (batch * triton.cdiv(h * w, config.block_n), triton.cdiv(c_in, config.block_m))
+    _input_grad_kernel[grid](
+        grad_y, weight, coeff, dx, c_in, h, w, c_out, h_out, w_out, *grad_y.stride(), *dx.stride(),
+        *_coeff_strides(coeff), *stride, *padding, *dilation, **_constants(x, weight), **config.kwargs())
+    return dx
+
+
+def weight_coeff_grad(grad_y, x, weight, coeff, stride, padding, dilation, need_weight, need_coeff,
+                      config: Config | None = None):
+    """dW (K, C_out, C_in, kH, kW) and the convolution part of da (B, K, C_out), in the accumulation type;
+    None for the one not asked for."""
+    batch, c_in, h, w = x.shape
+    banks, c_out, _, kh, kw = weight.shape
+    h_out, w_out = grad_y.shape[2:]
+    reduction = c_in * kh * kw
+    weight = weight.contiguous()
+    if config is None:
+        key = _shape_key(x, weight, coeff, (*stride, *padding, *dilation, need_weight, need_coeff))
+        config = pick("weight_grad", key, lambda cfg: weight_coeff_grad(
+            grad_y, x, weight, coeff, stride, padding, dilation, need_weight, need_coeff, cfg))
+    acc = acc_torch_dtype(x.dtype)
+    r_tiles, o_tiles = triton.cdiv(reduction, config.block_n), triton.cdiv(c_out, config.block_m)
+    splits = config.batch_splits(batch)
+    dw = x.new_zeros((splits, banks, c_out, reduction), dtype=acc) if need_weight else None
+    da = x.new_zeros((r_tiles, batch, banks, c_out), dtype=acc) if need_coeff else None
+    if batch:
+        _weight_coeff_grad_kernel[(o_tiles, r_tiles, splits)](
+            grad_y, x, weight, coeff, dw if need_weight else weight, da if need_coeff else weight,
+            batch, c_in, h, w, c_out, h_out, w_out, triton.cdiv(batch, splits), *grad_y.stride(), *x.stride(),
+            *_coeff_strides(coeff), *stride, *padding, *dilation, NEED_WEIGHT=need_weight, NEED_COEFF=need_coeff,
+            **_constants(x, weight), **config.kwargs())
+    return (dw.sum(0).view(weight.shape) if need_weight else None, da.sum(0) if need_coeff else None)
+
+
+def backward(grad_y, x, weight, coeff, bias, stride, padding, dilation, output_mask):
+    """(dx, dweight, dcoeff, dbias); the gradients not asked for by output_mask are None."""
+    need_x, need_weight, need_coeff, need_bias = output_mask
+    need_bias = need_bias and bias is not None
+    dx = input_grad(grad_y, x, weight, coeff, stride, padding, dilation) if need_x else None
+    dweight = dcoeff = dbias = None
+    if need_weight or need_coeff:
+        dweight, da = weight_coeff_grad(grad_y, x, weight, coeff, stride, padding, dilation, need_weight, need_coeff)
+    if need_coeff or need_bias:
+        acc = acc_torch_dtype(x.dtype)
+        dy_sum = grad_y.sum((2, 3), dtype=acc)
+    if need_coeff:
+        if bias is not None:
+            da = da + bias.to(acc)[None] * dy_sum[:, None]
+        dcoeff = (da if coeff.dim() == 3 else da.sum(2)).to(coeff.dtype)
+    if need_bias:
+        a = coeff if coeff.dim() == 3 else coeff[:, :, None].expand(*coeff.shape, weight.shape[1])
+        dbias = torch.einsum("bko,bo->ko", a.to(dy_sum.dtype), dy_sum).to(bias.dtype)
+    return dx, (dweight.to(weight.dtype) if need_weight else None), dcoeff, dbias
+
+
+# The op: custom ops with autograd and fake kernels, so torch.compile traces them without a break.
+@torch.library.custom_op("awnet::aw_conv2d_triton", mutates_args=())
+def aw_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, coeff: torch.Tensor, bias: torch.Tensor | None,
+              stride: list[int], padding: list[int], dilation: list[int]) -> torch.Tensor:
+    return forward(x, weight, coeff, bias, stride, padding, dilation)
+
+
+@aw_conv2d_triton.register_fake
+def _(x, weight, coeff, bias, stride, padding, dilation):
+    sizes = [x.shape[0], weight.shape[1]]
+    for i in range(2):
+        k = weight.shape[3 + i]
+        sizes.append((x.shape[2 + i] + 2 * padding[i] - dilation[i] * (k - 1) - 1) // stride[i] + 1)
+    return torch.empty(sizes, dtype=x.dtype, device=x.device, memory_format=suggest_memory_format(x))
+
+
+@torch.library.custom_op("awnet::aw_conv2d_triton_backward", mutates_args=())
+def aw_conv2d_triton_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, coeff: torch.Tensor,
+                       bias: torch.Tensor | None, stride: list[int], padding: list[int], dilation: list[int],
+                       output_mask: list[bool]) -> list[torch.Tensor]:
+    grads = backward(grad_y, x, weight, coeff, bias, stride, padding, dilation, output_mask)
+    # Custom ops return tensors: an empty one stands for a gradient not asked for.
+    return [g if g is not None else x.new_empty(0) for g in grads]
+
+
+@aw_conv2d_triton_backward.register_fake
+def _(grad_y, x, weight, coeff, bias, stride, padding, dilation, output_mask):
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=suggest_memory_format(x))
+    like = [dx, weight.new_empty(weight.shape), coeff.new_empty(coeff.shape),
+            bias.new_empty(bias.shape) if bias is not None else None]
+    return [g if needed and g is not None else x.new_empty(0) for g, needed in zip(like, output_mask)]
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, coeff, bias, stride, padding, dilation = inputs
+    ctx.save_for_backward(x, weight, coeff, bias)
+    ctx.geometry = (stride, padding, dilation)
+
+
+def _backward(ctx, grad_y):
+    x, weight, coeff, bias = ctx.saved_tensors
+    mask = [bool(n) for n in ctx.needs_input_grad[:4]]
+    mask[3] = mask[3] and bias is not None
+    grads = aw_conv2d_triton_backward(grad_y, x, weight, coeff, bias, *ctx.geometry, mask)
+    return (*(g if needed else None for g, needed in zip(grads, mask)), None, None, None)
+
+
+aw_conv2d_triton.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,86 @@
+"""Tile configurations, their per-shape choice, and the numerics switches shared by the Triton kernels.
+
+On a GPU each kernel times its candidate configurations once per shape (triton.testing.do_bench) and
+caches the fastest. Under the interpreter (TRITON_INTERPRET=1, CPU tensors) nothing can be timed, so the
+first candidate runs, and the tests run every candidate explicitly: every configuration must be correct,
+not only the fastest (DESIGN.md section 3, pytorch#173068).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 3
+    samples_per_program: int = 0  # weight-gradient kernel: batch split (0: the whole batch)
+
+    def kwargs(self) -> dict:
+        return dict(BLOCK_M=self.block_m, BLOCK_N=self.block_n, BLOCK_K=self.block_k,
+                    num_warps=self.num_warps, num_stages=self.num_stages)
+
+    def batch_splits(self, batch: int) -> int:
+        return triton.cdiv(batch, self.samples_per_program) if self.samples_per_program and batch else 1
+
+
+# M % 64 == 0 and num_warps % 4 == 0 let Hopper use wgmma; the 32-row tiles serve narrow layers.
+CANDIDATES: dict[str, list[Config]] = {
+    "forward": [
+        Config(64, 64, 32), Config(128, 64, 32), Config(64, 128, 32), Config(128, 128, 32, num_warps=8),
+        Config(32, 64, 32, num_stages=2),
+    ],
+    "input_grad": [
+        Config(64, 64, 32), Config(128, 64, 32), Config(64, 128, 32), Config(32, 64, 32, num_stages=2),
+    ],
+    "weight_grad": [
+        Config(64, 64, 32, num_stages=2, samples_per_program=16),
+        Config(64, 64, 32, num_stages=2, samples_per_program=4),
+        Config(64, 128, 32, num_stages=2, samples_per_program=16),
+        Config(32, 64, 32, num_stages=2),
+    ],
+}
+
+_chosen: dict[tuple, Config] = {}
+
+
+def pick(kind: str, key: tuple, run: Callable[[Config], object]) -> Config:
+    """The configuration for this kernel and shape: timed once on a GPU, the first one otherwise."""
+    candidates = CANDIDATES[kind]
+    if INTERPRET:
+        return candidates[0]
+    full_key = (kind, *key)
+    if full_key not in _chosen:
+        _chosen[full_key] = min(candidates, key=lambda cfg: triton.testing.do_bench(lambda: run(cfg)))
+    return _chosen[full_key]
+
+
+def acc_dtype(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def acc_torch_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def dot_precision(x: torch.Tensor) -> str:
+    """float32 dots use TF32 where torch's convolutions would (torch.backends.cudnn.allow_tf32)."""
+    if x.dtype == torch.float32 and x.is_cuda and torch.backends.cudnn.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def upcast_dots(x: torch.Tensor) -> bool:
+    # The interpreter multiplies bf16 dot operands as raw bits (DESIGN.md section 10): upcast there only.
+    return INTERPRET and x.dtype == torch.bfloat16

@@ -1,0 +1,228 @@
+"""Triton kernels for mix_batch_norm: one reduction pass and one affine pass, forward and backward.
+
+Every quantity MixBN needs from the (B, C, H, W) tensors is a per-(sample, channel) reduction (the plane's
+mean and centred second moment, the sums of dy and dy * x), and both the output and dx are per-(sample,
+channel) affine maps: y = A x + B0 and dx = A dy + C1 x + C0. The (K, C) algebra between the passes is
+small and stays in torch (the same formulas as csrc/mix_batch_norm.cpp). Programs tile (sample, channels)
+x pixels and walk the pixels, so both NCHW and channels_last read along their contiguous axis.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .config import acc_dtype, acc_torch_dtype
+
+_BLOCK_C, _BLOCK_P = 16, 64
+
+
+@triton.jit
+def _plane_sums_kernel(
+    x_ptr, dy_ptr, mean_ptr, m2_ptr, dy_sum_ptr, dy_x_sum_ptr,
+    C, W, pixels, sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw,
+    MOMENTS: tl.constexpr, GRAD_SUMS: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    """Per (b, c): the mean and centred second moment of x (merged block by block, Chan et al.), and
+    sum_p dy and sum_p dy * x."""
+    b = tl.program_id(0).to(tl.int64)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    mean = tl.zeros((BLOCK_C,), dtype=ACC)
+    m2 = tl.zeros((BLOCK_C,), dtype=ACC)
+    dy_sum = tl.zeros((BLOCK_C,), dtype=ACC)
+    dy_x_sum = tl.zeros((BLOCK_C,), dtype=ACC)
+    for p0 in range(0, pixels, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
+        mask = mask_c[:, None] & (offs_p < pixels)[None, :]
+        h, w = offs_p // W, offs_p % W
+        x = tl.load(x_ptr + b * sxb + offs_c[:, None] * sxc + (h * sxh + w * sxw)[None, :], mask=mask,
+                    other=0.0).to(ACC)
+        if MOMENTS:
+            n_seen = p0 * 1.0
+            n_block = tl.minimum(pixels - p0, BLOCK_P).to(ACC)
+            block_mean = tl.sum(x, axis=1) / n_block
+            centred = tl.where(mask, x - block_mean[:, None], 0.0)
+            delta = block_mean - mean
+            total = n_seen + n_block
+            mean += delta * (n_block / total)
+            m2 += tl.sum(centred * centred, axis=1) + delta * delta * (n_seen * n_block / total)
+        if GRAD_SUMS:
+            g = tl.load(dy_ptr + b * sgb + offs_c[:, None] * sgc + (h * sgh + w * sgw)[None, :], mask=mask,
+                        other=0.0).to(ACC)
+            dy_sum += tl.sum(g, axis=1)
+            dy_x_sum += tl.sum(g * x, axis=1)
+    out = b * C + offs_c
+    if MOMENTS:
+        tl.store(mean_ptr + out, mean, mask=mask_c)
+        tl.store(m2_ptr + out, m2, mask=mask_c)
+    if GRAD_SUMS:
+        tl.store(dy_sum_ptr + out, dy_sum, mask=mask_c)
+        tl.store(dy_x_sum_ptr + out, dy_x_sum, mask=mask_c)
+
+
+@triton.jit
+def _plane_affine_kernel(
+    u_ptr, v_ptr, out_ptr, scale_u_ptr, scale_v_ptr, shift_ptr,
+    C, W, pixels, sub, suc, suh, suw, svb, svc, svh, svw, sob, soc, soh, sow,
+    HAS_V: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    """out[b,c,p] = scale_u[b,c] * u + scale_v[b,c] * v + shift[b,c]."""
+    b = tl.program_id(0).to(tl.int64)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_c = offs_c < C
+    mask = mask_c[:, None] & (offs_p < pixels)[None, :]
+    h, w = offs_p // W, offs_p % W
+    per_plane = b * C + offs_c
+    out = tl.load(shift_ptr + per_plane, mask=mask_c, other=0.0)[:, None] + tl.load(
+        scale_u_ptr + per_plane, mask=mask_c, other=0.0)[:, None] * tl.load(
+        u_ptr + b * sub + offs_c[:, None] * suc + (h * suh + w * suw)[None, :], mask=mask, other=0.0).to(ACC)
+    if HAS_V:
+        out += tl.load(scale_v_ptr + per_plane, mask=mask_c, other=0.0)[:, None] * tl.load(
+            v_ptr + b * svb + offs_c[:, None] * svc + (h * svh + w * svw)[None, :], mask=mask, other=0.0).to(ACC)
+    tl.store(out_ptr + b * sob + offs_c[:, None] * soc + (h * soh + w * sow)[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _plane_sums(x, grad_y=None, moments=True):
+    """((mean, var) of each (sample, channel) plane or None, (sum dy, sum dy * x) or None), shapes (B, C)."""
+    batch, channels, _, width = x.shape
+    pixels = x.shape[2] * width
+    acc = acc_torch_dtype(x.dtype)
+    outs = [x.new_empty((batch, channels), dtype=acc) for _ in range(4)]
+    if batch and pixels:
+        g = grad_y if grad_y is not None else x
+        _plane_sums_kernel[(batch, triton.cdiv(channels, _BLOCK_C))](
+            x, g, *outs, channels, width, pixels, *x.stride(), *g.stride(),
+            MOMENTS=moments, GRAD_SUMS=grad_y is not None, ACC=acc_dtype(x.dtype), BLOCK_C=_BLOCK_C, BLOCK_P=_BLOCK_P)
+    mean, m2, dy_sum, dy_x_sum = outs
+    return ((mean, m2 / pixels) if moments else None), ((dy_sum, dy_x_sum) if grad_y is not None else None)
+
+
+def _plane_affine(u, scale_u, shift, v=None, scale_v=None):
+    """scale_u * u + scale_v * v + shift per (sample, channel), laid out like v (x) when given."""
+    batch, channels, _, width = u.shape
+    pixels = u.shape[2] * width
+    out = torch.empty_like(v if v is not None else u)
+    if batch and pixels:
+        v_or_u = v if v is not None else u
+        grid = (batch, triton.cdiv(channels, _BLOCK_C), triton.cdiv(pixels, _BLOCK_P))
+        _plane_affine_kernel[grid](
+            u, v_or_u, out, scale_u.contiguous(), (scale_v if v is not None else scale_u).contiguous(),
+            shift.contiguous(), channels, width, pixels, *u.stride(), *v_or_u.stride(), *out.stride(),
+            HAS_V=v is not None, ACC=acc_dtype(u.dtype), BLOCK_C=_BLOCK_C, BLOCK_P=_BLOCK_P)
+    return out
+
+
+def _centred_second_moment(moments, mu, pixels):
+    """sum_p (x[b,c,p] - mu[k,c])^2 as (B, K, C), by the parallel-axis rule."""
+    mean, var = moments
+    shift = mean[:, None] - mu[None]
+    return (var[:, None] + shift * shift) * pixels
+
+
+def forward(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps):
+    """(y, mean, invstd, new running mean, new running var): mean and invstd are the (K, C) statistics
+    each bank normalised with."""
+    acc = acc_torch_dtype(x.dtype)
+    pixels = x.shape[2] * x.shape[3]
+    w = coeff.to(acc)
+    mean, var = running_mean.to(acc, copy=True), running_var.to(acc, copy=True)
+    if training:
+        moments, _ = _plane_sums(x)
+        count = w.sum(0) * pixels
+        used = (count != 0)[:, None]
+        safe = torch.where(count != 0, count, torch.ones_like(count))[:, None]
+        batch_mean = w.t() @ moments[0] * pixels / safe
+        batch_var = (w[:, :, None] * _centred_second_moment(moments, batch_mean, pixels)).sum(0) / safe
+        unbias = torch.where(count > 1, count / (count - 1), torch.ones_like(count))[:, None]
+        running_mean = torch.where(used, mean * (1 - momentum) + batch_mean * momentum, mean)
+        running_var = torch.where(used, var * (1 - momentum) + batch_var * unbias * momentum, var)
+        mean, var = torch.where(used, batch_mean, mean), torch.where(used, batch_var, var)
+    invstd = (var + eps).rsqrt()
+    scale = weight.to(acc) * invstd
+    shift = bias.to(acc) - mean * scale
+    stats = (running_mean.to(weight.dtype, copy=True), running_var.to(weight.dtype, copy=True))
+    return _plane_affine(x, w @ scale, w @ shift), mean, invstd, *stats
+
+
+def backward(grad_y, x, coeff, weight, bias, mean, invstd, training, eps, output_mask):
+    """(dx, dcoeff, dweight, dbias); the gradients not asked for by output_mask are None."""
+    need_x, need_coeff, need_weight, need_bias = output_mask
+    acc = acc_torch_dtype(x.dtype)
+    pixels = x.shape[2] * x.shape[3]
+    w, gamma, beta = coeff.to(acc), weight.to(acc), bias.to(acc)
+    moments, (dy_sum, dy_x_sum) = _plane_sums(x, grad_y, moments=training and need_coeff)
+    dy_xhat = invstd[None] * (dy_x_sum[:, None] - mean[None] * dy_sum[:, None])  # sum_p dy * xhat_k
+    dgamma = (w[:, :, None] * dy_xhat).sum(0)
+    dbeta = w.t() @ dy_sum
+    dcoeff = (gamma[None] * dy_xhat + beta[None] * dy_sum[:, None]).sum(2)
+    scale_x = shift = torch.zeros_like(dy_sum)
+    if training:
+        # Banks on batch statistics also pass gradient through their mean and variance.
+        count = w.sum(0) * pixels
+        per_count = torch.where(count != 0, 1 / torch.where(count != 0, count, 1), 0)[:, None]
+        s1, s2 = gamma * dbeta, gamma * dgamma
+        scale_x = -(w @ (per_count * invstd * invstd * s2))
+        shift = -(w @ (per_count * invstd * (s1 - mean * invstd * s2)))
+        if need_coeff:
+            dmean, dvar = -invstd * s1, -0.5 * invstd * invstd * s2
+            var = invstd.pow(-2) - eps
+            dmean_dw = (moments[0][:, None] - mean[None]) * pixels
+            dvar_dw = _centred_second_moment(moments, mean, pixels) - var[None] * pixels
+            dcoeff = dcoeff + (per_count[None] * (dmean[None] * dmean_dw + dvar[None] * dvar_dw)).sum(2)
+    dx = _plane_affine(grad_y, w @ (gamma * invstd), shift, x, scale_x) if need_x else None
+    return (dx, dcoeff.to(coeff.dtype) if need_coeff else None, dgamma.to(weight.dtype) if need_weight else None,
+            dbeta.to(bias.dtype) if need_bias else None)
+
+
+# The op: custom ops with autograd and fake kernels, so torch.compile traces them without a break. Python
+# custom ops with autograd must be functional, so the op returns the new running statistics and the caller
+# writes them into the buffers.
+@torch.library.custom_op("awnet::mix_batch_norm_triton", mutates_args=())
+def mix_batch_norm_triton(x: torch.Tensor, coeff: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                          running_mean: torch.Tensor, running_var: torch.Tensor, training: bool, momentum: float,
+                          eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return forward(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps)
+
+
+@mix_batch_norm_triton.register_fake
+def _(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps):
+    stats = x.new_empty(weight.shape, dtype=acc_torch_dtype(x.dtype))
+    return (torch.empty_like(x), stats, torch.empty_like(stats), weight.new_empty(weight.shape),
+            weight.new_empty(weight.shape))
+
+
+@torch.library.custom_op("awnet::mix_batch_norm_triton_backward", mutates_args=())
+def mix_batch_norm_triton_backward(grad_y: torch.Tensor, x: torch.Tensor, coeff: torch.Tensor, weight: torch.Tensor,
+                                   bias: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, training: bool,
+                                   eps: float, output_mask: list[bool]) -> list[torch.Tensor]:
+    grads = backward(grad_y, x, coeff, weight, bias, mean, invstd, training, eps, output_mask)
+    # Custom ops return tensors: an empty one stands for a gradient not asked for.
+    return [g if g is not None else x.new_empty(0) for g in grads]
+
+
+@mix_batch_norm_triton_backward.register_fake
+def _(grad_y, x, coeff, weight, bias, mean, invstd, training, eps, output_mask):
+    like = [torch.empty_like(x), coeff.new_empty(coeff.shape), weight.new_empty(weight.shape),
+            bias.new_empty(bias.shape)]
+    return [g if needed else x.new_empty(0) for g, needed in zip(like, output_mask)]
+
+
+def _setup_context(ctx, inputs, output):
+    x, coeff, weight, bias, _, _, training, _, eps = inputs
+    _, mean, invstd, new_mean, new_var = output
+    ctx.save_for_backward(x, coeff, weight, bias, mean, invstd)
+    ctx.training, ctx.eps = training, eps
+    ctx.mark_non_differentiable(mean, invstd, new_mean, new_var)
+
+
+def _backward(ctx, grad_y, *_grad_statistics):
+    mask = [bool(n) for n in ctx.needs_input_grad[:4]]
+    grads = mix_batch_norm_triton_backward(grad_y, *ctx.saved_tensors, ctx.training, ctx.eps, mask)
+    return (*(g if needed else None for g, needed in zip(grads, mask)), None, None, None, None, None)
+
+
+mix_batch_norm_triton.register_autograd(_backward, setup_context=_setup_context)

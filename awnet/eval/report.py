@@ -1,0 +1,148 @@
+"""Evaluate a model against a suite of Linf attacks: per-attack and per-sample worst-case robust accuracy,
+weighted robust accuracy, router detection, gradient-masking checks; a JSON report and a readable table.
+
+A sample counts as robust to an attack only if the model is right on its clean input and on the attack's
+output; the worst case is robust only against every attack run (DESIGN.md section 5).
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .. import attacks
+from .masking import gradient_masking_checks
+from .metrics import accuracy, detection_metrics, outcomes, weighted_robust_accuracy, worst_case
+
+STANDARD_ATTACKS = ("fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr")
+ADAPTIVE_ATTACKS = ("router-evasion", "forced-clean", "forced-adv")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """A named attack `run(model, x, y) -> x_adv` and the settings it runs with (for the report)."""
+    name: str
+    run: Callable[[nn.Module, Tensor, Tensor], Tensor]
+    settings: dict = field(default_factory=dict)
+
+
+def default_attack_names(model: nn.Module) -> list[str]:
+    """The standard suite, plus the adaptive attacks when the model has a router."""
+    return list(STANDARD_ATTACKS) + (list(ADAPTIVE_ATTACKS) if attacks.is_routed(model) else [])
+
+
+def attack_suite(names: Sequence[str], eps: float, steps: int = 20, restarts: int = 1, apgd_steps: int = 100,
+                 evasion_weight: float = 1.0) -> list[AttackSpec]:
+    """The named Linf attacks at radius `eps`; PGD-type attacks take step 2.5 eps / steps (Madry et al.)."""
+    alpha = 2.5 * eps / steps
+    pgd_settings = {"eps": eps, "alpha": alpha, "steps": steps, "restarts": restarts, "random_start": True}
+    pgd_args = {"eps": eps, "alpha": alpha, "steps": steps, "restarts": restarts}
+    apgd_settings = {"eps": eps, "steps": apgd_steps, "restarts": restarts}
+    table = {
+        "fgsm": (partial(attacks.fgsm, eps=eps), {"eps": eps}),
+        "pgd": (partial(attacks.pgd, **pgd_args), {**pgd_settings, "loss": "ce"}),
+        "cw": (partial(attacks.cw_linf, **pgd_args), {**pgd_settings, "loss": "margin"}),
+        "apgd-ce": (partial(attacks.apgd_ce, eps=eps, steps=apgd_steps, restarts=restarts),
+                    {**apgd_settings, "loss": "ce"}),
+        "apgd-dlr": (partial(attacks.apgd_dlr, eps=eps, steps=apgd_steps, restarts=restarts),
+                     {**apgd_settings, "loss": "dlr"}),
+        "router-evasion": (partial(attacks.router_evasion, weight=evasion_weight, **pgd_args),
+                           {**pgd_settings, "loss": "ce + weight * log(1 - adversarial_score)",
+                            "weight": evasion_weight}),
+        "forced-clean": (partial(attacks.forced_path, route=0, **pgd_args), {**pgd_settings, "route": 0}),
+        "forced-adv": (partial(attacks.forced_path, route=1, **pgd_args), {**pgd_settings, "route": 1}),
+    }
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise ValueError(f"unknown attacks {unknown}; available: {list(table)}")
+    return [AttackSpec(n, table[n][0], {"norm": "linf", **table[n][1]}) for n in names]
+
+
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, suite: Sequence[AttackSpec], eps: float,
+             batch_size: int = 256, checks: bool = True, check_steps: int = 20, progress: bool = True) -> dict:
+    """Attack `model` on (x, y) with every attack of `suite` (all at Linf radius `eps`) in eval mode, and
+    return the attack settings, the metrics and (with `checks`) the gradient-masking checks."""
+    was_training = model.training
+    model.eval()
+    try:
+        clean, clean_scores = outcomes(model, x, y, batch_size=batch_size)
+        correct, scores = {}, {}
+        for spec in suite:
+            correct[spec.name], scores[spec.name] = outcomes(
+                model, x, y, spec.run, (eps, "linf"), batch_size, spec.name, progress)
+        robust = {name: accuracy(clean & c) for name, c in correct.items()}
+        worst = accuracy(worst_case(clean, correct.values()))
+        metrics = {
+            "clean_accuracy": accuracy(clean),
+            "robust_accuracy": robust,
+            "worst_case_robust_accuracy": worst,
+            "weighted_robust_accuracy": weighted_robust_accuracy(accuracy(clean), worst),
+            "detection": None,
+        }
+        if clean_scores is not None and suite:
+            strongest = min(robust, key=robust.get)
+            metrics["detection"] = {"attack": strongest, **detection_metrics(clean_scores, scores[strongest])}
+        masking = gradient_masking_checks(model, x, y, eps, check_steps, batch_size=batch_size,
+                                          progress=progress) if checks else []
+    finally:
+        model.train(was_training)
+    return {
+        "threat_model": {"norm": "linf", "eps": eps},
+        "attacks": {spec.name: spec.settings for spec in suite},
+        "metrics": metrics,
+        "checks": masking,
+        "checks_passed": all(c["passed"] for c in masking) if checks else None,
+    }
+
+
+def environment(device: torch.device) -> dict:
+    """Versions and the device, for the report."""
+    from importlib import metadata
+
+    try:
+        awnet_version = metadata.version("awnet")
+    except metadata.PackageNotFoundError:
+        awnet_version = "unknown (not installed)"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {
+        "versions": {"awnet": awnet_version, "torch": torch.__version__, "numpy": np.__version__,
+                     "python": sys.version.split()[0]},
+        "device": {"type": device.type, "name": name, "torch_threads": torch.get_num_threads()},
+    }
+
+
+def format_table(report: dict) -> str:
+    """The report's metrics and checks as aligned text."""
+    m = report["metrics"]
+    rows = [("clean accuracy", _pct(m["clean_accuracy"]))]
+    rows += [(f"robust accuracy: {name}", _pct(acc)) for name, acc in m["robust_accuracy"].items()]
+    rows += [("robust accuracy: worst case", _pct(m["worst_case_robust_accuracy"])),
+             ("weighted robust accuracy", _pct(m["weighted_robust_accuracy"]))]
+    if m["detection"] is not None:
+        d = m["detection"]
+        rows += [(f"router detection accuracy ({d['attack']})", _pct(d["accuracy"])),
+                 (f"router AUROC ({d['attack']})", f"{d['auroc']:.4f}")]
+    rows += [(f"check: {c['name']}", "pass" if c["passed"] else "FAIL") for c in report["checks"]]
+    width = max(len(r[0]) for r in rows)
+    threat = report["threat_model"]
+    title = f"{threat['norm']} eps={threat['eps']:g}"
+    if "data" in report:
+        title = f"{report['data']['dataset']} ({report['data']['split']}, n={report['data']['n']}), " + title
+    return "\n".join([title] + [f"{name:<{width}}  {value:>9}" for name, value in rows])
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+def write_json(report: dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")

@@ -1,0 +1,458 @@
+"""The model layer (DESIGN.md section 4): AW layers, router, AWNet, builders, convert() and checkpoints."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+import awkernels
+import awnet
+from awnet.nn import AWConv2d, AWNet, MixBatchNorm2d
+from conftest import assert_close
+
+TOL = 1e-4  # float32, relative to max |expected| (DESIGN.md section 2)
+ROUTES = [None, 0, 1, "per-sample"]
+
+
+def images(name: str, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    shape = (batch, 1, 28, 28) if name == "smallcnn" else (batch, 3, 32, 32)
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def randomize_bns(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN statistics and affines, so that a BN mix-up shows in the logits."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d) and m.affine:
+                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+    return model
+
+
+def static_and_aw(name: str, banks: int = 1, omega: bool = True, seed: int = 0) -> tuple[nn.Module, AWNet]:
+    torch.manual_seed(seed)
+    static = randomize_bns(awnet.models.build(name), seed).eval()
+    return static, awnet.convert(static, banks=banks, omega=omega).eval()
+
+
+def perturb_signal_heads(model: AWNet, scale: float = 0.5, seed: int = 1) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for head in model.router.signal_heads:
+            head.weight.copy_(scale * torch.randn(head.weight.shape, generator=g))
+            head.bias.copy_(scale * torch.randn(head.bias.shape, generator=g))
+
+
+def make_adversarial_side_differ(model: AWNet) -> None:
+    """Shift the adversarial BNs and (with two banks) scale the adversarial banks."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, MixBatchNorm2d):
+                m.bias[1] += 0.3
+            elif isinstance(m, AWConv2d) and m.banks == 2:
+                m.weight[1] *= 1.5
+
+
+def route_arg(route, batch: int):
+    return torch.arange(batch) % 2 if route == "per-sample" else route
+
+
+# --- builders -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["smallcnn", "resnet18", "preact_resnet18", "wrn34_10"])
+def test_builders_give_logits_and_config(name):
+    static = awnet.models.build(name, num_classes=7).eval()
+    aw = awnet.models.build(name, num_classes=7, aw=True, banks=2).eval()
+    x = images(name, batch=1)
+    with torch.no_grad():
+        assert static(x).shape == (1, 7)
+        assert aw(x).shape == (1, 7)
+    assert static.config == {"name": name, "num_classes": 7, "aw": False}
+    assert aw.config == {"name": name, "num_classes": 7, "aw": True, "banks": 2, "omega": True, "router_width": 64}
+    assert isinstance(aw, AWNet)
+    assert not any(type(m) in (nn.Conv2d, nn.BatchNorm2d) for m in aw.body.modules())
+    static_params = sum(p.numel() for p in static.parameters())
+    conv_params = sum(m.weight.numel() for m in static.modules() if isinstance(m, nn.Conv2d))
+    aw_body_params = sum(p.numel() for p in aw.body.parameters())
+    bn_params = sum(m.weight.numel() * 2 for m in static.modules() if isinstance(m, nn.BatchNorm2d))
+    assert aw_body_params == static_params + conv_params + bn_params  # a second bank and a second BN
+
+
+def test_build_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="unknown model 'vgg'"):
+        awnet.models.build("vgg")
+    with pytest.raises(ValueError, match="pass aw=True"):
+        awnet.models.build("smallcnn", banks=2)
+    with pytest.raises(ValueError, match="banks must be 1 or 2"):
+        awnet.models.build("smallcnn", aw=True, banks=3)
+    with pytest.raises(ValueError, match="one bank and no omega"):
+        awnet.models.build("smallcnn", aw=True, banks=1, omega=False)
+    with pytest.raises(ValueError, match="num_classes"):
+        awnet.models.build("smallcnn", num_classes=0)
+
+
+# --- the invariant: a converted network computes its static network -----------------------------------------
+
+@pytest.mark.parametrize("banks", [1, 2])
+@pytest.mark.parametrize("name", ["smallcnn", "resnet18"])
+def test_converted_model_computes_static_model_in_eval(name, banks):
+    static, aw = static_and_aw(name, banks)
+    x = images(name)
+    with torch.no_grad():
+        expected = static(x)
+        for route in ROUTES:
+            assert_close(aw(x, route=route_arg(route, 2)), expected, TOL, f"{name} banks={banks} route={route}")
+            assert all(torch.equal(w, torch.ones_like(w)) for w in aw.omegas)  # omega = 1 exactly
+    convs = [m for m in static.modules() if isinstance(m, nn.Conv2d)]
+    assert [w.shape for w in aw.omegas] == [(2, c.out_channels) for c in convs]
+    assert len(aw.p_types) == len(aw.type_logits) == aw.router.num_blocks
+    assert all(p.shape == (2, 2) and torch.allclose(p.sum(1), torch.ones(2)) for p in aw.p_types)
+    assert aw.adversarial_score.shape == (2,)
+    assert_close(aw.adversarial_score, torch.stack([p[:, 1] for p in aw.p_types]).mean(0), 1e-6, "score")
+
+
+def test_two_banks_without_omega_compute_static_model():
+    static, aw = static_and_aw("smallcnn", banks=2, omega=False)
+    x = images("smallcnn")
+    with torch.no_grad():
+        for route in ROUTES:
+            assert_close(aw(x, route=route_arg(route, 2)), static(x), TOL, f"route={route}")
+    assert aw.omegas == [] and len(aw.router.signal_heads) == 0
+
+
+@pytest.mark.parametrize("route", [0, 1])
+def test_forced_route_in_training_matches_static_training_step(route):
+    # The true type selects one BN: with every sample of one type, that BN sees the static BN's batch.
+    static, aw = static_and_aw("smallcnn", banks=2)
+    static.train()
+    aw.train()
+    x = images("smallcnn", batch=4)
+    assert_close(aw(x, route=route), static(x), TOL, "training logits")
+    static_bns = [m for m in static.modules() if isinstance(m, nn.BatchNorm2d)]
+    mix_bns = [m for m in aw.modules() if isinstance(m, MixBatchNorm2d)]
+    for bn, mix in zip(static_bns, mix_bns):
+        assert_close(mix.running_mean[route], bn.running_mean, TOL, "updated running mean")
+        assert_close(mix.running_var[route], bn.running_var, TOL, "updated running var")
+        assert not torch.equal(mix.running_mean[1 - route], bn.running_mean)  # the other type's BN kept its own
+
+
+# --- the router steers the network ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("banks", [1, 2])
+def test_signal_heads_change_the_output(banks):
+    static, aw = static_and_aw("smallcnn", banks)
+    perturb_signal_heads(aw)
+    x = images("smallcnn")
+    with torch.no_grad():
+        logits = aw(x, route=0)
+    assert all((w - 1).abs().max() > 0.1 for w in aw.omegas)
+    assert all(((w > 0) & (w < 2)).all() for w in aw.omegas)  # omega = 2 sigmoid(z)
+    assert (logits - static(x)).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("banks", [1, 2])
+@pytest.mark.parametrize("name", ["smallcnn", "resnet18"])
+def test_route_selects_the_bns_and_banks(name, banks):
+    static, aw = static_and_aw(name, banks)
+    make_adversarial_side_differ(aw)
+    x = images(name)
+    with torch.no_grad():
+        clean, adversarial = aw(x, route=0), aw(x, route=1)
+        per_sample = aw(x, route=torch.tensor([0, 1]))
+        as_floats = aw(x, route=torch.tensor([0.0, 1.0]))
+        soft = aw(x, route=torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        expected = static(x)
+    assert_close(clean, expected, TOL, "clean route")  # only the adversarial side changed
+    assert (adversarial - clean).abs().max() > 1e-2
+    for got in (per_sample, as_floats, soft):  # each sample routed on its own
+        assert_close(got[0], clean[0], TOL, "sample 0 (clean)")
+        assert_close(got[1], adversarial[1], TOL, "sample 1 (adversarial)")
+
+
+def test_unforced_route_mixes_by_p_type():
+    _, aw = static_and_aw("smallcnn", banks=2)
+    make_adversarial_side_differ(aw)
+    x = images("smallcnn")
+    with torch.no_grad():
+        for head in aw.router.type_heads:  # a router sure that everything is clean, then adversarial
+            head.weight.zero_()
+            head.bias.copy_(torch.tensor([30.0, -30.0]))
+        sure_clean = aw(x)
+        assert aw.adversarial_score.max() < 1e-6
+        for head in aw.router.type_heads:
+            head.bias.copy_(torch.tensor([-30.0, 30.0]))
+        sure_adversarial = aw(x)
+        assert_close(sure_clean, aw(x, route=0), TOL, "p_type = clean")
+        assert_close(sure_adversarial, aw(x, route=1), TOL, "p_type = adversarial")
+        for head in aw.router.type_heads:
+            head.bias.zero_()
+        halfway = aw(x)
+    assert all(torch.allclose(p, torch.full_like(p, 0.5)) for p in aw.p_types)
+    assert (halfway - sure_clean).abs().max() > 1e-3 and (halfway - sure_adversarial).abs().max() > 1e-3
+
+
+def test_bad_routes_are_refused():
+    _, aw = static_and_aw("smallcnn")
+    x = images("smallcnn")
+    with pytest.raises(ValueError, match="route must be 0"):
+        aw(x, route=2)
+    with pytest.raises(ValueError, match=r"shape \(B,\) = \(2,\)"):
+        aw(x, route=torch.zeros(3))
+    with pytest.raises(TypeError, match="route must be"):
+        aw(x, route="clean")
+
+
+# --- gradients through the router ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("banks", [1, 2])
+def test_task_loss_gradients_reach_router_and_input_through_it(banks):
+    _, aw = static_and_aw("smallcnn", banks)
+    perturb_signal_heads(aw)
+    make_adversarial_side_differ(aw)
+    x = images("smallcnn").requires_grad_()
+    y = torch.tensor([3, 7])
+    F.cross_entropy(aw(x), y).backward()  # unforced: p_type mixes MixBN and the banks
+    router = aw.router
+    for name, p in router.named_parameters():
+        assert p.grad is not None and p.grad.abs().max() > 0, f"no task-loss gradient reaches router.{name}"
+    full = x.grad.clone()
+
+    # The same loss with the router reading a detached input: what is left is the body's path only.
+    forward = router.forward
+    router.forward = lambda inp: forward(inp.detach())
+    x.grad = None
+    F.cross_entropy(aw(x), y).backward()
+    assert (full - x.grad).abs().max() > 1e-3 * full.abs().max()
+
+
+def test_router_outputs_stay_in_the_graph_and_type_loss_trains_type_heads():
+    _, aw = static_and_aw("smallcnn")
+    perturb_signal_heads(aw)
+    x = images("smallcnn").requires_grad_()
+    aw(x)
+    for what in (aw.adversarial_score.sum(), aw.omegas[0].sum()):
+        (grad,) = torch.autograd.grad(what, x, retain_graph=True)
+        assert grad.abs().max() > 0
+    loss = aw.type_loss(torch.tensor([0, 1]))
+    expected = sum(F.cross_entropy(t, torch.tensor([0, 1])) for t in aw.type_logits) / len(aw.type_logits)
+    assert_close(loss, expected, 1e-6, "type loss")
+    loss.backward()
+    assert all(head.weight.grad.abs().max() > 0 for head in aw.router.type_heads)
+    assert all(head.weight.grad is None for head in aw.router.signal_heads)
+
+
+def test_compiled_aw_resnet18_runs_forward_and_backward_without_graph_break():
+    # fullgraph=True fails on any graph break; aot_eager traces the forward and the joint backward graph as
+    # inductor does, without inductor's minutes of C++ code generation on CPU.
+    torch._dynamo.reset()
+    _, aw = static_and_aw("resnet18")
+    perturb_signal_heads(aw)
+    make_adversarial_side_differ(aw)
+    aw.train()
+    eager = copy.deepcopy(aw)  # the same start: the training forward updates the running statistics
+    route = torch.tensor([0, 1])
+    results = []
+    for model in (torch.compile(aw, fullgraph=True, backend="aot_eager"), eager):
+        x = images("resnet18").requires_grad_()
+        logits = model(x, route=route)
+        net = getattr(model, "_orig_mod", model)
+        (logits.square().sum() + net.type_loss(route)).backward()
+        assert len(net.omegas) == 20 and net.adversarial_score.shape == (2,)
+        results.append([logits, x.grad] + [p.grad for p in net.router.parameters()])
+    for got, expected in zip(*results):
+        assert_close(got, expected, 1e-3, "compiled vs eager")
+
+
+# --- convert() ------------------------------------------------------------------------------------------------
+
+def test_convert_groups_layers_into_blocks():
+    _, aw = static_and_aw("resnet18")
+    assert aw.router.num_blocks == 9  # the stem and eight BasicBlocks
+    block = aw.body.layer2[0]
+    indices = {m.block_index for m in block.modules() if isinstance(m, (AWConv2d, MixBatchNorm2d))}
+    assert len(indices) == 1  # the shortcut Sequential belongs to its residual block
+    assert aw.body.conv1.block_index == aw.body.bn1.block_index == 0
+
+    class ConvNormAct(nn.Sequential):  # a Sequential subclass (torchvision's Conv2dNormActivation) is a block
+        def __init__(self, cin, cout):
+            super().__init__(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
+
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3), nn.Flatten())
+    assert awnet.convert(plain).router.num_blocks == 1
+    stacked = nn.Sequential(ConvNormAct(3, 4), ConvNormAct(4, 4), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    converted = awnet.convert(stacked)
+    assert converted.router.num_blocks == 2
+    assert [m.block_index for m in converted.modules() if isinstance(m, AWConv2d)] == [0, 1]
+
+
+def test_convert_handles_arbitrary_cnns():
+    # Bias, groups, dilation, 'same' padding, a BN without affine, a conv used twice: the converted net still
+    # computes the static one.
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, 3, padding="same", groups=2, bias=True)
+    static = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, dilation=2, bias=True), nn.BatchNorm2d(8), nn.ReLU(),
+                           conv, conv, nn.BatchNorm2d(8, affine=False), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                           nn.Linear(8, 5))
+    randomize_bns(static)
+    x = torch.rand(3, 3, 20, 20)
+    static(x)  # one training step gives the affine-free BN its statistics
+    static.eval()
+    aw = awnet.convert(static, banks=2).eval()
+    with torch.no_grad():
+        assert_close(aw(x), static(x), TOL, "arbitrary CNN")
+    assert aw.body[3] is aw.body[4] and isinstance(aw.body[3], AWConv2d)
+    assert not aw.body[5].affine and "body.5.weight" not in aw.state_dict()
+    assert aw.router.conv_channels == (8, 8) and aw.config is None
+    assert type(static[0]) is nn.Conv2d  # the input model is left as it was
+
+
+def test_convert_refuses_what_it_cannot_reproduce():
+    class MyConv(nn.Conv2d):
+        pass
+
+    with pytest.raises(ValueError, match="subclass"):
+        awnet.convert(nn.Sequential(MyConv(3, 4, 3)))
+    with pytest.raises(ValueError, match="padding_mode"):
+        awnet.convert(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")))
+    with pytest.raises(ValueError, match="track_running_stats"):
+        awnet.convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=None)))
+    with pytest.raises(ValueError, match="no nn.Conv2d"):
+        awnet.convert(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
+    with pytest.raises(ValueError, match="already an AWNet"):
+        awnet.convert(awnet.models.build("smallcnn", aw=True))
+
+
+def test_deepcopy_after_a_forward_keeps_layers_bound_to_the_copy():
+    _, aw = static_and_aw("smallcnn")
+    x = images("smallcnn")
+    expected = aw(x)
+    clone = copy.deepcopy(aw)  # the last forward's non-leaf tensors are not copied
+    assert clone.omegas == [] and clone.adversarial_score is None
+    assert all(m.signals is clone.signals for m in clone.modules() if isinstance(m, (AWConv2d, MixBatchNorm2d)))
+    with torch.no_grad():
+        assert_close(clone(x), expected, 1e-6, "copy")
+
+
+# --- the layers on their own ----------------------------------------------------------------------------------
+
+def test_aw_conv2d_layer_is_omega_scaled_and_bank_blended():
+    torch.manual_seed(0)
+    layer = AWConv2d(4, 6, 3, padding=1, bias=True, banks=2)
+    x, omega, mix = torch.randn(2, 4, 5, 5), torch.rand(2, 6) + 0.5, torch.rand(2, 2)
+    y = layer(x, omega=omega, mix=mix)
+    for b in range(2):  # per sample, against a static conv with the blended filters
+        w = torch.einsum("k,koihw->oihw", mix[b], layer.weight) * omega[b, :, None, None, None]
+        bias = (mix[b] @ layer.bias) * omega[b]
+        assert_close(y[b:b + 1], F.conv2d(x[b:b + 1], w, bias, padding=1), TOL, f"sample {b}")
+    with pytest.raises(ValueError, match="needs mix"):
+        layer(x, omega=omega)
+    one_bank = AWConv2d(4, 6, 3, bias=False)
+    assert_close(one_bank(x), F.conv2d(x, one_bank.weight[0]), TOL, "no signals: the static conv")
+
+
+def test_mix_batch_norm_layer_selects_a_bn_per_sample_in_training():
+    torch.manual_seed(0)
+    layer = MixBatchNorm2d(3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.rand(2, 3) + 0.5)
+        layer.bias.copy_(torch.randn(2, 3))
+    x = torch.randn(4, 3, 5, 5)
+    types = torch.tensor([0, 0, 1, 1])
+    y = layer(x, mix=awnet.nn.route_mix(types, x))
+    for k, rows in ((0, slice(0, 2)), (1, slice(2, 4))):
+        expected = F.batch_norm(x[rows], None, None, layer.weight[k], layer.bias[k], training=True)
+        assert_close(y[rows], expected, TOL, f"type {k}")
+    with pytest.raises(ValueError, match="needs mix"):
+        layer(x)
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,aw,banks", [("smallcnn", False, 1), ("smallcnn", True, 2), ("resnet18", True, 1)])
+def test_save_load_round_trip_gives_identical_logits(tmp_path, name, aw, banks):
+    torch.manual_seed(0)
+    model = randomize_bns(awnet.models.build(name, aw=aw, banks=banks)).eval()
+    if aw:
+        perturb_signal_heads(model)
+        make_adversarial_side_differ(model)
+    path = tmp_path / "model.safetensors"
+    awnet.save(torch.compile(model) if aw else model, path)  # a compiled wrapper saves its module
+    loaded = awnet.load(path)
+    assert type(loaded) is type(model) and loaded.config == model.config and not loaded.training
+    x = images(name)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    path = tmp_path / "model.safetensors"
+    awnet.save(awnet.models.build("smallcnn", aw=True), path)
+    return path
+
+
+def test_truncated_checkpoint_is_refused(checkpoint):
+    data = checkpoint.read_bytes()
+    for size in (len(data) - 100, 200, 4):
+        checkpoint.write_bytes(data[:size])
+        with pytest.raises(ValueError, match="not a readable safetensors file"):
+            awnet.load(checkpoint)
+
+
+def test_tampered_checkpoint_is_refused(checkpoint):
+    data = bytearray(checkpoint.read_bytes())
+    data[-10] ^= 0xFF  # one weight byte
+    checkpoint.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="integrity check"):
+        awnet.load(checkpoint)
+
+
+def test_checkpoint_with_edited_config_or_foreign_file_is_refused(checkpoint, tmp_path):
+    with safe_open(checkpoint, framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    config = json.loads(metadata["config"])
+    edited = tmp_path / "edited.safetensors"
+    save_file(tensors, edited, {**metadata, "config": json.dumps({**config, "banks": 2})})
+    with pytest.raises(ValueError, match="integrity check"):
+        awnet.load(edited)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file(tensors, foreign)
+    with pytest.raises(ValueError, match="not an awnet checkpoint"):
+        awnet.load(foreign)
+    pickle = tmp_path / "model.pt"
+    torch.save({"x": torch.ones(2)}, pickle)
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        awnet.load(pickle)
+
+
+def test_save_refuses_a_model_it_could_not_rebuild(tmp_path):
+    model = awnet.convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
+    with pytest.raises(ValueError, match="has none"):
+        awnet.save(model, tmp_path / "model.safetensors")
+    assert not list(tmp_path.iterdir())
+
+
+def test_flop_counts_follow_the_static_network():
+    # With the reference backend a one-bank AW-Net costs its static network's FLOPs plus the router's and
+    # the blending's: under 10% more for ResNet-18.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    static, aw = static_and_aw("resnet18")
+    x = images("resnet18", batch=1)
+    counts = []
+    for model in (static, aw):
+        with awkernels.use_backend("reference"), FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(x)
+        counts.append(counter.get_total_flops())
+    assert counts[0] < counts[1] < 1.1 * counts[0]
