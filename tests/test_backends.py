@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import awkernels
+from conftest import backend_device
 
 
 def test_required_backends_are_available():
@@ -18,10 +19,13 @@ def test_required_backends_are_available():
 
 def test_build_info_explains_every_missing_part():
     info = awkernels.build_info()
-    assert {"cpu", "cuda", "cuda_archs", "reasons", "torch"} <= set(info)
-    for part in ("cpu", "cuda"):
+    assert {"cpu", "cuda", "cuda_archs", "cuda_available", "reasons", "torch"} <= set(info)
+    for part in ("cpu", "cuda", "cuda_available"):
         assert info[part] == (info["reasons"][part] is None), info
+    # "cuda": compiled in (no GPU needed); "cuda_available": it can run here too.
+    assert bool(info["cuda_archs"]) == info["cuda"] and (info["cuda"] or not info["cuda_available"]), info
     assert ("cpp" in awkernels.available_backends()) == info["cpu"]
+    assert ("cuda" in awkernels.available_backends()) == info["cuda_available"]
 
 
 def test_use_backend_is_a_scoped_choice():
@@ -51,6 +55,26 @@ def test_auto_uses_cpp_on_cpu_and_cpp_refuses_other_devices():
         _backend.resolve(x.to("meta"))
 
 
+def test_cuda_backend_refuses_cpu_tensors(monkeypatch):
+    from awkernels import _backend
+
+    # Pretend the CUDA backend is available, so that this runs on machines without a GPU as well.
+    monkeypatch.setattr(_backend, "available_backends", lambda: ["reference", "cpp", "cuda"])
+    with awkernels.use_backend("cuda"), pytest.raises(ValueError, match="'cuda' runs on CUDA tensors"):
+        _backend.resolve(torch.empty(2, 3, 4, 4))
+
+
+@pytest.mark.skipif("cuda" not in awkernels.available_backends(), reason="needs the CUDA extension and a GPU")
+def test_cuda_backend_runs_cuda_tensors():
+    from awkernels import _backend
+
+    x = torch.empty(2, 3, 4, 4, device="cuda")
+    with awkernels.use_backend("cuda"):
+        assert _backend.resolve(x) == "cuda"
+    with awkernels.use_backend("auto"):  # triton's fused kernels first, where triton is installed
+        assert _backend.resolve(x) == ("triton" if "triton" in awkernels.available_backends() else "cuda")
+
+
 def _conv_and_bn(x, weight, coeff, bias, gamma, beta, running_mean, running_var):
     y = awkernels.aw_conv2d(x, weight, coeff, bias, stride=1, padding=1)
     y = awkernels.mix_batch_norm(y, coeff[:, :, 0], gamma, beta, running_mean, running_var, True, 0.1, 1e-5)
@@ -62,12 +86,13 @@ def _conv_and_bn(x, weight, coeff, bias, gamma, beta, running_mean, running_var)
                          + [("cpp", "inductor")] * ("cpp" in awkernels.available_backends()))
 def test_compile_fullgraph_matches_eager(backend, compiler):
     torch.manual_seed(0)
+    device = backend_device(backend)
     inputs = [torch.randn(2, 3, 6, 6), torch.randn(2, 4, 3, 3, 3), torch.rand(2, 2, 4) + 0.5,
               torch.randn(2, 4), torch.rand(2, 4) + 0.5, torch.randn(2, 4)]
     results = []
     for fn in (_conv_and_bn, torch.compile(_conv_and_bn, fullgraph=True, backend=compiler)):
-        leaves = [t.clone().requires_grad_() for t in inputs]
-        stats = [torch.zeros(2, 4), torch.ones(2, 4)]
+        leaves = [t.to(device, copy=True).requires_grad_() for t in inputs]
+        stats = [torch.zeros(2, 4, device=device), torch.ones(2, 4, device=device)]
         torch._dynamo.reset()
         with awkernels.use_backend(backend):
             loss = fn(*leaves, *stats)
@@ -75,3 +100,15 @@ def test_compile_fullgraph_matches_eager(backend, compiler):
         results.append([loss, *(t.grad for t in leaves), *stats])
     for eager, compiled in zip(*results):
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif("triton" not in awkernels.available_backends(), reason="needs triton (GPU or TRITON_INTERPRET=1)")
+def test_triton_falls_back_for_grouped_convolutions_and_says_why(caplog):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x, weight, coeff = torch.randn(2, 4, 5, 5, device=device), torch.randn(2, 6, 2, 3, 3, device=device), \
+        torch.rand(2, 2, device=device)
+    with caplog.at_level("WARNING", logger="awkernels"), awkernels.use_backend("triton"):
+        y = awkernels.aw_conv2d(x, weight, coeff, groups=2)
+    assert "groups=1, not groups=2" in caplog.text
+    expected = awkernels.reference.aw_conv2d(x, weight, coeff, None, (1, 1), (0, 0), (1, 1), 2)
+    torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
