@@ -1,0 +1,140 @@
+"""Ratios from one benchmark run: `python -m bench.report RESULTS.json [--markdown]`.
+
+Per layer shape, pass and dtype: each implementation's time, its ratio to the static convolution and to the
+reference backend, and the fraction of the shape's roofline bound it reaches (max(FLOPs / peak,
+bytes / bandwidth) on the device, from the peaks below); then the geometric means, and the end-to-end
+training step (images per second, peak memory, ratios to the static model).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+
+# Dense peaks (FLOP/s) and HBM bandwidth (B/s) from the vendor data sheets (SXM parts).
+PEAKS = {
+    "H200": {"bfloat16": 989e12, "tf32": 494e12, "float32": 67e12, "bandwidth": 4.8e12},
+    "H100": {"bfloat16": 989e12, "tf32": 494e12, "float32": 67e12, "bandwidth": 3.35e12},
+}
+
+
+def peaks_for(device: str) -> dict | None:
+    return next((p for name, p in PEAKS.items() if name in device), None)
+
+
+def seconds(bench: dict) -> float:
+    """CUDA-event median on a GPU, pytest-benchmark's median on CPU."""
+    info = bench["extra_info"]
+    return info["time_ms"] / 1e3 if "time_ms" in info else bench["stats"]["median"]
+
+
+def geomean(values):
+    values = [v for v in values if v and v > 0]
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else float("nan")
+
+
+def roofline_fraction(info: dict, time: float, peaks: dict | None) -> float | None:
+    if peaks is None or "flops" not in info or info["dtype"] not in peaks:
+        return None
+    bound = max(info["flops"] / peaks[info["dtype"]], info["bytes"] / peaks["bandwidth"])
+    return bound / time
+
+
+def conv_rows(benchmarks: list[dict], peaks: dict | None) -> list[dict]:
+    shapes = collections.defaultdict(dict)
+    for bench in benchmarks:
+        info = bench["extra_info"]
+        if info.get("pass") in ("fwd", "fwdbwd", "attack"):
+            shapes[(info["model"], info["layer"], info["pass"], info["dtype"])][(info["impl"], info["case"])] = bench
+    rows = []
+    for (model, layer, pass_, dtype), impls in shapes.items():
+        static = impls.get(("static", "-"))
+        for (impl, case), bench in impls.items():
+            if impl == "static":
+                continue
+            time = seconds(bench)
+            reference = impls.get(("reference", case))
+            rows.append(dict(
+                model=model, layer=layer, pass_=pass_, dtype=dtype, impl=impl, case=case, ms=time * 1e3,
+                static_ms=seconds(static) * 1e3 if static else None,
+                vs_static=time / seconds(static) if static else None,
+                vs_reference=time / seconds(reference) if reference else None,
+                roofline=roofline_fraction(bench["extra_info"], time, peaks)))
+    return rows
+
+
+def train_rows(benchmarks: list[dict]) -> list[dict]:
+    steps = {b["extra_info"]["impl"]: b for b in benchmarks if b["extra_info"].get("pass") == "train-step"}
+    static = steps.get("static")
+    rows = []
+    for impl, bench in steps.items():
+        info, time = bench["extra_info"], seconds(bench)
+        reference = steps.get(f"{impl}-reference") if not impl.endswith("reference") else None
+        rows.append(dict(impl=impl, ms=time * 1e3, images_per_s=info["batch"] / time, peak_mb=info.get("peak_mb"),
+                         vs_static=time / seconds(static) if static else None,
+                         reference_vs_this=seconds(reference) / time if reference else None,
+                         memory_vs_static=(info["peak_mb"] / static["extra_info"]["peak_mb"]
+                                           if static and info.get("peak_mb") else None)))
+    return rows
+
+
+def _fmt(value, spec=".2f"):
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def _table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    return "\n".join("  ".join(str(c).rjust(w) for c, w in zip(r, widths)) for r in [header, *rows])
+
+
+def report(results: dict, markdown: bool = False) -> str:
+    device = results.get("awnet", {}).get("device", "unknown device")
+    peaks = peaks_for(device)
+    conv = conv_rows(results["benchmarks"], peaks)
+    out = [f"device: {device}; commit {results.get('awnet', {}).get('commit')}; "
+           f"versions {results.get('awnet', {}).get('versions')}"
+           + ("" if peaks else "; no roofline peaks known for this device")]
+    if conv:
+        out.append("\nPer shape (time in ms; ratios < 1 are faster than the static conv / the reference):")
+        out.append(_table(
+            ["model", "layer", "pass", "dtype", "impl", "case", "ms", "static ms", "x static", "x reference",
+             "roofline"],
+            [[r["model"], r["layer"], r["pass_"], r["dtype"], r["impl"], r["case"], _fmt(r["ms"], ".3f"),
+              _fmt(r["static_ms"], ".3f"), _fmt(r["vs_static"]), _fmt(r["vs_reference"]), _fmt(r["roofline"])]
+             for r in sorted(conv, key=lambda r: (r["model"], r["pass_"], r["dtype"], r["case"], r["impl"]))],
+            markdown))
+        groups = collections.defaultdict(list)
+        for r in conv:
+            groups[(r["model"], r["pass_"], r["dtype"], r["case"], r["impl"])].append(r)
+        out.append("\nGeometric means over the shapes of each model:")
+        out.append(_table(
+            ["model", "pass", "dtype", "case", "impl", "x static", "x reference", "roofline"],
+            [[*key, _fmt(geomean(r["vs_static"] for r in rows)), _fmt(geomean(r["vs_reference"] for r in rows)),
+              _fmt(geomean(r["roofline"] for r in rows))] for key, rows in sorted(groups.items())],
+            markdown))
+    train = train_rows(results["benchmarks"])
+    if train:
+        out.append("\nPGD-10 adversarial-training step:")
+        out.append(_table(
+            ["impl", "ms", "images/s", "peak MB", "x static time", "reference / this", "x static memory"],
+            [[r["impl"], _fmt(r["ms"], ".1f"), _fmt(r["images_per_s"], ".1f"), _fmt(r["peak_mb"], ".0f"),
+              _fmt(r["vs_static"]), _fmt(r["reference_vs_this"]), _fmt(r["memory_vs_static"])] for r in train],
+            markdown))
+    return "\n".join(out)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", help="a pytest-benchmark JSON file written by pytest bench/")
+    parser.add_argument("--markdown", action="store_true", help="markdown tables (for the README)")
+    args = parser.parse_args(argv)
+    with open(args.results) as f:
+        print(report(json.load(f), markdown=args.markdown))
+
+
+if __name__ == "__main__":
+    main()

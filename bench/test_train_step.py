@@ -1,0 +1,47 @@
+"""One PGD-10 adversarial-training step (10 attack steps, then the update) end to end: AW-ResNet-18 on our
+kernels (`auto`) and on the reference backend, against the static ResNet-18 it is built from.
+On a GPU: batch 128 (AWNET_BENCH_BATCH) under bfloat16 autocast; on CPU, to stay a quick smoke test, the
+small MNIST CNN on a small float32 batch."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import awkernels
+import awnet
+from awnet.attacks import pgd
+from bench.conftest import CUDA, DEVICE, measure
+from bench.test_aw_conv2d import BATCH
+
+MODEL, IMAGE = ("resnet18", (3, 32, 32)) if CUDA else ("smallcnn", (1, 28, 28))
+VARIANTS = {  # name: (aw, banks, backend)
+    "static": (False, 1, "auto"),
+    "awnet-banks1": (True, 1, "auto"),
+    "awnet-banks2": (True, 2, "auto"),
+    "awnet-banks1-reference": (True, 1, "reference"),
+    "awnet-banks2-reference": (True, 2, "reference"),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_pgd10_training_step(benchmark, variant):
+    aw, banks, backend = VARIANTS[variant]
+    model = awnet.models.build(MODEL, aw=aw, banks=banks).to(DEVICE).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.rand(BATCH, *IMAGE, device=DEVICE)
+    y = torch.randint(0, 10, (BATCH,), device=DEVICE)
+    forward = (lambda inputs: model(inputs, route=1)) if aw else model
+
+    def step():
+        with awkernels.use_backend(backend), torch.autocast(DEVICE.type, torch.bfloat16, enabled=CUDA):
+            x_adv = pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10)
+            loss = F.cross_entropy(forward(x_adv), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    loss = measure(benchmark, step, impl=variant, model=MODEL, layer="train-step", case="pgd10",
+                   dtype="bfloat16-autocast" if CUDA else "float32", batch=BATCH, **{"pass": "train-step"})
+    assert torch.isfinite(loss)

@@ -1,0 +1,41 @@
+"""The benchmark suite and its report run on CPU: a smoke run of every benchmark (so the suite cannot
+rot), and a timed subset whose result file the report turns into ratio tables."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO_ROOT
+
+ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # benchmarks never run interpreted
+
+
+def _pytest(*args, timeout=900):
+    run = subprocess.run([sys.executable, "-m", "pytest", "bench/", "-q", "-p", "no:cacheprovider", *args],
+                         cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run
+
+
+def test_every_benchmark_runs_once():
+    run = _pytest("--benchmark-disable")
+    assert " passed" in run.stdout and "failed" not in run.stdout
+
+
+def test_results_file_and_report(tmp_path):
+    results = tmp_path / "cpu.json"
+    _pytest("--benchmark-only", "--benchmark-min-rounds=1", "--benchmark-max-time=0.001", "--benchmark-warmup=off",
+            f"--benchmark-json={results}", "-k", "(layer4 and not down and not shortcut) or static or banks1")
+    data = json.loads(results.read_text())
+    assert data["awnet"]["commit"] and data["awnet"]["versions"]["torch"]
+    infos = [b["extra_info"] for b in data["benchmarks"]]
+    assert {"impl", "layer", "dtype", "pass", "flops", "bytes"} <= set(infos[0])
+    assert {i["impl"] for i in infos} >= {"static", "reference", "stacked", "cpp", "awnet-banks1"}
+
+    report = subprocess.run([sys.executable, "-m", "bench.report", str(results)], cwd=REPO_ROOT, env=ENV,
+                            capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    lines = report.stdout.splitlines()
+    assert any(line.split()[:5] == ["resnet18", "layer4", "fwdbwd", "float32", "cpp"] for line in lines), report.stdout
+    assert "Geometric means" in report.stdout and "PGD-10 adversarial-training step" in report.stdout
+    assert any(line.split()[0] == "awnet-banks1" for line in lines if line.strip())
