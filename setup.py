@@ -2,8 +2,10 @@
 
 The CPU part is always attempted; if it cannot be compiled (no compiler, say) the install still succeeds as
 pure Python (reference and triton backends) with a warning. The CUDA part is built when there are CUDA
-sources, a CUDA build of torch and nvcc; AWNET_BUILD_CUDA=0/1 forces it off/on. What was built, and why a
-part is missing, goes to awkernels/_build_info.json beside the library (read by awkernels.build_info()).
+sources, a CUDA build of torch and nvcc; AWNET_BUILD_CUDA=0/1 forces it off/on. It needs no GPU: it is
+compiled for TORCH_CUDA_ARCH_LIST, by default sm_80 and sm_90. If it fails to compile, the CPU part is
+built alone (unless AWNET_BUILD_CUDA=1 asked for it). What was built, and why a part is missing, goes to
+awkernels/_build_info.json beside the library (read by awkernels.build_info()).
 """
 import glob
 import json
@@ -42,26 +44,78 @@ def cuda_plan() -> tuple[list[str], str | None]:
 CUDA_SOURCES, CUDA_REASON = cuda_plan()
 
 
+def cuda_archs() -> list[str]:
+    """TORCH_CUDA_ARCH_LIST (torch's cpp_extension reads it from the environment), Ampere and Hopper by
+    default: with no GPU to ask, torch would otherwise build for every arch it knows."""
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    return [arch for arch in os.environ["TORCH_CUDA_ARCH_LIST"].replace(" ", ";").split(";") if arch]
+
+
+CUDA_ARCHS = cuda_archs() if CUDA_SOURCES else []
+
+
+def nvidia_wheel_dir(kind: str) -> str | None:
+    """site-packages/nvidia/cu<major>/<kind> of the nvidia-* wheels that the CUDA build of torch depends on:
+    the CUDA runtime torch loads, and headers that ATen's CUDA headers include (cusparse.h, cublas_v2.h, ...)
+    and a bare toolkit (nvcc and the runtime) may lack."""
+    try:
+        import nvidia
+    except ImportError:
+        return None
+    folder = f"cu{torch.version.cuda.split('.')[0]}"
+    return next((path for root in nvidia.__path__ if os.path.isdir(path := os.path.join(root, folder, kind))), None)
+
+
+def make_extension(with_cuda: bool) -> cpp_extension.CppExtension:
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/autograd/*.cpp"))
+    if not with_cuda:
+        return cpp_extension.CppExtension(EXTENSION, sources, extra_compile_args={"cxx": ["-O3"]})
+    include = nvidia_wheel_dir("include")
+    extension = cpp_extension.CUDAExtension(
+        EXTENSION, sources + CUDA_SOURCES, define_macros=[("AWNET_WITH_CUDA", None)],
+        include_dirs=[include] if include else [], extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo"]})
+    # Link the CUDA runtime that torch loads: CUDA_HOME's lib (derived from where nvcc is) may have none.
+    runtime = f"libcudart.so.{torch.version.cuda.split('.')[0]}"
+    lib = nvidia_wheel_dir("lib")
+    if lib and os.path.exists(os.path.join(lib, runtime)) and "cudart" in extension.libraries:
+        extension.libraries[extension.libraries.index("cudart")] = f":{runtime}"
+        extension.library_dirs.append(lib)
+    return extension
+
+
 class BuildExtension(cpp_extension.BuildExtension):
     def build_extensions(self):
         record = {
             "torch": torch.__version__,
             "cpu": {"built": True, "reason": None},
-            "cuda": {"built": bool(CUDA_SOURCES), "archs": [], "reason": CUDA_REASON},
+            "cuda": {"built": bool(CUDA_SOURCES), "archs": CUDA_ARCHS, "reason": CUDA_REASON},
         }
-        self.built = True
-        try:
-            super().build_extensions()
-        except Exception as error:  # any failure must still leave a working pure-Python install
-            warnings.warn(f"awkernels: the C++ extension was not built ({error}); only the reference and "
-                          "triton backends will be available")
-            self.built = False
-            record["cpu"] = {"built": False, "reason": f"compiling the extension failed: {error}"}
-            record["cuda"] = {"built": False, "archs": [], "reason": "the extension was not built"}
+        self.built = self.build_or_fall_back(record)
         self.record_file = os.path.join(os.path.dirname(self.get_ext_fullpath(EXTENSION)), RECORD)
         os.makedirs(os.path.dirname(self.record_file), exist_ok=True)
         with open(self.record_file, "w") as f:
             json.dump(record, f, indent=2)
+
+    def build_or_fall_back(self, record: dict) -> bool:
+        """Builds what the record plans; on failure the CPU part alone, then nothing: any failure must still
+        leave a working install, unless AWNET_BUILD_CUDA=1 asked for the CUDA part."""
+        try:
+            super().build_extensions()
+            return True
+        except Exception as error:
+            if os.environ.get("AWNET_BUILD_CUDA") == "1":
+                raise
+            if record["cuda"]["built"]:
+                warnings.warn(f"awkernels: the CUDA part was not built ({error}); building the CPU part alone")
+                record["cuda"] = {"built": False, "archs": [], "reason": f"compiling the CUDA part failed: {error}"}
+                # The planned extension less its CUDA part, keeping what setuptools attached to it.
+                vars(self.extensions[0]).update(vars(make_extension(with_cuda=False)))
+                return self.build_or_fall_back(record)
+            warnings.warn(f"awkernels: the C++ extension was not built ({error}); only the reference and "
+                          "triton backends will be available")
+            record["cpu"] = {"built": False, "reason": f"compiling the extension failed: {error}"}
+            record["cuda"]["reason"] = record["cuda"]["reason"] or "the extension was not built"
+            return False
 
     def copy_extensions_to_source(self):
         # Editable and --inplace builds load from the source tree: the record goes with the library.
@@ -70,7 +124,5 @@ class BuildExtension(cpp_extension.BuildExtension):
         shutil.copyfile(self.record_file, os.path.join(ROOT, "awkernels", RECORD))
 
 
-sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/autograd/*.cpp"))
-extension = cpp_extension.CppExtension(EXTENSION, sources, extra_compile_args={"cxx": ["-O3"]})
-
-setup(ext_modules=[extension], cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})
+setup(ext_modules=[make_extension(with_cuda=bool(CUDA_SOURCES))],
+      cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})

@@ -1,7 +1,8 @@
 """awkernels: the AW-Net operators (per-sample weight-varied convolution and MixBN) and their backends.
 
 One op contract (DESIGN.md section 2), several backends: `reference` (plain PyTorch, the oracle), `cpp`
-(the C++ extension on CPU); `auto` picks the fastest available for the input's device.
+and `cuda` (the C++ extension on CPU and GPU), `triton`; `auto` picks the fastest available for the input's
+device.
 """
 from ._backend import available_backends, current_backend, use_backend
 from ._extension import build_info

@@ -35,6 +35,8 @@ def available_backends() -> list[str]:
         names.append("cpp")
     if HAS_TRITON and (TRITON_INTERPRET or torch.cuda.is_available()):
         names.append("triton")
+    if _extension.cuda_available():
+        names.append("cuda")
     return names
 
 
@@ -69,8 +71,12 @@ def resolve(x: torch.Tensor) -> str:
     if name == "auto":
         if x.device.type == "cpu" and _extension.has_cpu():
             return "cpp"
+        # On CUDA, triton's fused kernels before the stacked-bank cuDNN path of 'cuda' (the baseline they
+        # are built to beat) until benchmarks pick per shape.
         if x.is_cuda and "triton" in available_backends():
             return "triton"
+        if x.is_cuda and _extension.cuda_available():
+            return "cuda"
         return "reference"
     if name not in available_backends():
         raise RuntimeError(
@@ -78,6 +84,8 @@ def resolve(x: torch.Tensor) -> str:
             f"see awkernels.build_info()")
     if name == "cpp" and x.device.type != "cpu":
         raise ValueError(f"backend 'cpp' runs on CPU tensors, but x is on {x.device}")
+    if name == "cuda" and not x.is_cuda:
+        raise ValueError(f"backend 'cuda' runs on CUDA tensors, but x is on {x.device}")
     if name == "triton" and not (x.is_cuda or (TRITON_INTERPRET and x.device.type == "cpu")):
         raise ValueError(f"backend 'triton' runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), "
                          f"but x is on {x.device}")
@@ -91,6 +99,8 @@ def fallback(x: torch.Tensor, reason: str) -> str:
     """The backend that runs a case the chosen one does not serve, saying why once."""
     if x.device.type == "cpu" and _extension.has_cpu():
         name = "cpp"
+    elif x.is_cuda and _extension.cuda_available():
+        name = "cuda"
     else:
         name = "reference"
     if reason not in _fallbacks_logged:

@@ -46,20 +46,30 @@ def has_cpu() -> bool:
 
 
 def has_cuda() -> bool:
+    """The CUDA part is compiled in and loaded (which needs no GPU)."""
     return _library is not None and bool(_record["cuda"]["built"])
 
 
+def cuda_available() -> bool:
+    """The CUDA part can run: it is built and torch sees a GPU."""
+    return has_cuda() and torch.cuda.is_available()
+
+
 def build_info() -> dict:
-    """What this install compiled, what loaded, and why a part is missing."""
+    """What this install compiled, what loaded, and why a part is missing. "cuda" says the CUDA part is
+    compiled in (archs "cuda_archs"), "cuda_available" that it can also run here (a GPU is visible)."""
     cpu_reason = _record["cpu"]["reason"] if not _record["cpu"]["built"] else _load_error
     cuda = _record["cuda"]
     return {
         "cpu": has_cpu(),
         "cuda": has_cuda(),
         "cuda_archs": list(cuda.get("archs", [])) if has_cuda() else [],
+        "cuda_available": cuda_available(),
         "reasons": {
             "cpu": None if has_cpu() else cpu_reason,
             "cuda": None if has_cuda() else (cuda.get("reason") or cpu_reason),
+            "cuda_available": None if cuda_available() else (
+                "the CUDA part is not built" if not has_cuda() else "torch.cuda.is_available() is False"),
         },
         "library": _library,
         "torch": torch.__version__,

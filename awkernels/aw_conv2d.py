@@ -32,12 +32,17 @@ def aw_conv2d(
             coeff is AW-Net's regulation signal omega; K = 2 is the clean/adversarial bank blend.
         bias: None or (K, C_out).
     """
+    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
+        # Autocast's policy for convolutions: run in its lower-precision dtype.
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight, coeff = x.to(dtype), weight.to(dtype), coeff.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
     stride, padding, dilation = _validate.aw_conv2d_args(x, weight, coeff, bias, stride, padding, dilation, groups)
     backend = _backend.resolve(x)
     if backend == "triton" and groups != 1:
         backend = _backend.fallback(x, f"the triton kernels serve groups=1, not groups={groups}")
     if backend == "triton":
         return aw_conv2d_triton(x, weight, coeff, bias, stride, padding, dilation)
-    if backend == "cpp":
+    if backend in ("cpp", "cuda"):  # the C++ extension, registered for both devices
         return torch.ops.awnet.aw_conv2d(x, weight, coeff, bias, stride, padding, dilation, groups)
     return reference.aw_conv2d(x, weight, coeff, bias, stride, padding, dilation, groups)

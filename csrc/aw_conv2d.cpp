@@ -1,8 +1,9 @@
 // aw_conv2d by the mix-in-epilogue strategy (DESIGN.md section 3): one convolution against the K banks
 // stacked along the output channels (ATen picks the GEMM: oneDNN on CPU, cuDNN on GPU), then a per-device
-// kernel mixes the bank outputs with the per-sample coefficients. The backward reuses the same stacked
-// weights: dx and every dW_k come from one convolution backward of the coefficient-scaled dy, and
-// dcoeff[b,k,o] = sum_p dy[b,o,p] * conv(x[b], W_k)[o,p] from the recomputed bank outputs.
+// kernel (cpu/ or cuda/bank_mixing) mixes the bank outputs with the per-sample coefficients. The backward
+// reuses the same stacked weights: dx and every dW_k come from one convolution backward of the
+// coefficient-scaled dy, and dcoeff[b,k,o] = sum_p dy[b,o,p] * conv(x[b], W_k)[o,p] from the recomputed bank
+// outputs.
 #include "awnet.h"
 
 #include <ATen/ATen.h>
@@ -60,6 +61,7 @@ bool is_channels_last(const Tensor& x) {
 
 Tensor aw_conv2d(const Tensor& x, const Tensor& weight, const Tensor& coeff, const std::optional<Tensor>& bias,
                  IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+  const NoAutocast no_autocast;
   check_args(x, weight, coeff, bias, groups);
   const auto acc = at::toOpMathType(x.scalar_type());
   const auto out_channels = weight.size(1);
@@ -69,7 +71,7 @@ Tensor aw_conv2d(const Tensor& x, const Tensor& weight, const Tensor& coeff, con
   if (bias) bias_b = at::einsum("bko,ko->bo", {a, bias->to(acc)}).contiguous();
   auto y = at::empty({x.size(0), out_channels, banks.size(2), banks.size(3)},
                      x.options().memory_format(x.suggest_memory_format()));
-  cpu::mix_banks(banks, a, bias_b, groups, is_channels_last(x), y);
+  kernels_for(x).mix_banks(banks, a, bias_b, groups, is_channels_last(x), y);
   return y;
 }
 
@@ -79,6 +81,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> aw_conv2d_backward(
     int64_t groups, std::array<bool, 4> output_mask) {
   // Layouts are part of the contract (the fake kernels promise them): dx in x's memory format, the
   // other gradients contiguous.
+  const NoAutocast no_autocast;
   check_args(x, weight, coeff, bias, groups);
   const auto [need_x, need_weight, need_coeff, need_bias] = output_mask;
   const auto acc = at::toOpMathType(x.scalar_type());
@@ -97,7 +100,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> aw_conv2d_backward(
                          dy.options().memory_format(x.suggest_memory_format()));
   }
   auto dy_sum = at::empty({dy.size(0), out_channels}, a.options());
-  cpu::bank_grads(dy, banks, a, groups, is_channels_last(x), dy_banks, da, dy_sum);
+  kernels_for(x).bank_grads(dy, banks, a, groups, is_channels_last(x), dy_banks, da, dy_sum);
 
   auto empty = x.new_empty({0});
   Tensor dx = empty, dweight = empty, dcoeff = empty, dbias = empty;
@@ -119,5 +122,12 @@ TORCH_LIBRARY_IMPL(awnet, CPU, m) {
   m.impl("aw_conv2d", &aw_conv2d);
   m.impl("aw_conv2d_backward", &aw_conv2d_backward);
 }
+
+#ifdef AWNET_WITH_CUDA
+TORCH_LIBRARY_IMPL(awnet, CUDA, m) {
+  m.impl("aw_conv2d", &aw_conv2d);
+  m.impl("aw_conv2d_backward", &aw_conv2d_backward);
+}
+#endif
 
 }  // namespace awnet

@@ -2,6 +2,8 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/macros/Macros.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/util/Optional.h>
 
 #include <array>
@@ -11,6 +13,12 @@ namespace awnet {
 
 using at::IntArrayRef;
 using at::Tensor;
+
+// The ops choose their own precisions (accumulating in float): autocast, which the caller may have on, must
+// not recast the ATen calls inside them.
+struct NoAutocast {
+  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
+};
 
 // Device-generic implementations (ATen GEMMs plus the per-device kernels below).
 Tensor aw_conv2d(const Tensor& x, const Tensor& weight, const Tensor& coeff, const std::optional<Tensor>& bias,
@@ -31,21 +39,80 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> mix_batch_norm_backward(
 
 // Banks stacked along the output channels, group-major, so that one grouped convolution computes every
 // bank: bank k's filter o sits at stacked channel (o / Cg) * K * Cg + k * Cg + o % Cg, Cg = C_out / groups.
-inline int64_t stacked_channel(int64_t k, int64_t o, int64_t banks, int64_t group_out) {
+C10_HOST_DEVICE inline int64_t stacked_channel(int64_t k, int64_t o, int64_t banks, int64_t group_out) {
   return (o / group_out) * banks * group_out + k * group_out + o % group_out;
 }
 
-// Per-device kernels of the mix-in-epilogue strategy. `banks` is (B, K * C_out, H, W) in the stacked
-// order; it and every (B, C, H, W) tensor are dense in one memory format (channels_last or NCHW); `a` is
-// the (B, K, C_out) coefficient, and da, dy_sum and bias_b are in the accumulation type.
-namespace cpu {
+// The sizes the mixing kernels walk: `a` is (B, K, C_out), `planes` any (B, C, H, W) tensor of the layer.
+struct BankDims {
+  int64_t batch, banks, out, pixels, group_out;
+  static BankDims of(const Tensor& a, const Tensor& planes, int64_t groups) {
+    return {a.size(0), a.size(1), a.size(2), planes.size(2) * planes.size(3), a.size(2) / groups};
+  }
+  C10_HOST_DEVICE int64_t stacked(int64_t k, int64_t o) const { return stacked_channel(k, o, banks, group_out); }
+};
+
+// A kernel argument for an optional tensor.
+template <typename T>
+T* data_or_null(const Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+// Per-device kernels: each signature is declared once here, defined in cpu/ and cuda/, and reached through
+// kernels_for(tensor), so the host code in this folder is the same for every device.
+
+// Mix-in-epilogue (aw_conv2d.cpp). `banks` is (B, K * C_out, H, W) in the stacked order; it and every
+// (B, C, H, W) tensor are dense in one memory format (channels_last or NCHW); `a` is the (B, K, C_out)
+// coefficient, and da, dy_sum and bias_b are in the accumulation type.
 // y[b,o,p] = sum_k a[b,k,o] * banks[b, stacked(k,o), p] + bias_b[b,o]   (bias_b may be undefined)
-void mix_banks(const Tensor& banks, const Tensor& a, const Tensor& bias_b, int64_t groups, bool channels_last,
-               Tensor& y);
+using MixBanks = void(const Tensor& banks, const Tensor& a, const Tensor& bias_b, int64_t groups, bool channels_last,
+                      Tensor& y);
 // One pass over dy: dy_banks[b, stacked(k,o), p] = a[b,k,o] * dy[b,o,p] (if defined),
 // da[b,k,o] = sum_p dy[b,o,p] * banks[b, stacked(k,o), p] (if defined), dy_sum[b,o] = sum_p dy[b,o,p].
-void bank_grads(const Tensor& dy, const Tensor& banks, const Tensor& a, int64_t groups, bool channels_last,
-                Tensor& dy_banks, Tensor& da, Tensor& dy_sum);
+using BankGrads = void(const Tensor& dy, const Tensor& banks, const Tensor& a, int64_t groups, bool channels_last,
+                       Tensor& dy_banks, Tensor& da, Tensor& dy_sum);
+
+// MixBN backward (mix_batch_norm.cpp): x and dy (B, C, H, W) in any layout, the (B, C) tensors in the
+// accumulation type.
+// One pass over dy and x: (sum_p dy[b,c,p], sum_p dy[b,c,p] * x[b,c,p]).
+using BnGradSums = std::tuple<Tensor, Tensor>(const Tensor& dy, const Tensor& x);
+// One pass: dx = scale_dy[b,c] * dy + scale_x[b,c] * x + shift[b,c], in x's suggested memory format.
+using BnGradInput = Tensor(const Tensor& dy, const Tensor& x, const Tensor& scale_dy, const Tensor& scale_x,
+                           const Tensor& shift);
+
+struct DeviceKernels {
+  MixBanks* mix_banks;
+  BankGrads* bank_grads;
+  BnGradSums* bn_grad_sums;
+  BnGradInput* bn_grad_input;
+};
+
+namespace cpu {
+MixBanks mix_banks;
+BankGrads bank_grads;
+BnGradSums bn_grad_sums;
+BnGradInput bn_grad_input;
 }  // namespace cpu
+
+#ifdef AWNET_WITH_CUDA
+namespace cuda {
+MixBanks mix_banks;
+BankGrads bank_grads;
+BnGradSums bn_grad_sums;
+BnGradInput bn_grad_input;
+}  // namespace cuda
+#endif
+
+// The kernels for `t`'s device. The CUDA ops are registered only when the CUDA part is built, so a CUDA
+// tensor reaches here only then.
+inline const DeviceKernels& kernels_for(const Tensor& t) {
+  static constexpr DeviceKernels cpu_kernels{cpu::mix_banks, cpu::bank_grads, cpu::bn_grad_sums, cpu::bn_grad_input};
+#ifdef AWNET_WITH_CUDA
+  static constexpr DeviceKernels cuda_kernels{cuda::mix_banks, cuda::bank_grads, cuda::bn_grad_sums,
+                                              cuda::bn_grad_input};
+  if (t.is_cuda()) return cuda_kernels;
+#endif
+  return cpu_kernels;
+}
 
 }  // namespace awnet

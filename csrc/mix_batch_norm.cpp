@@ -1,7 +1,8 @@
 // mix_batch_norm: K batch norms mixed per sample. Every bank's statistics come from per-(sample, channel)
 // moments, and the output is one per-(sample, channel) affine map y = A[b,c] * x + B[b,c]
 // with A = sum_k coeff[b,k] gamma_k invstd_k and B = sum_k coeff[b,k] (beta_k - gamma_k mu_k invstd_k).
-// The backward is the same shape: dx = A dy + C1 x + C0, with C1 and C0 per (sample, channel).
+// The backward is the same shape: dx = A dy + C1 x + C0, with C1 and C0 per (sample, channel); its two
+// passes over the pixels (the sums of dy and dy * x, then dx) are per-device kernels (cpu/ or cuda/).
 #include "awnet.h"
 
 #include <ATen/ATen.h>
@@ -45,6 +46,7 @@ Tensor affine(const Tensor& x, const Tensor& scale, const Tensor& shift) {
 std::tuple<Tensor, Tensor, Tensor> mix_batch_norm(
     const Tensor& x, const Tensor& coeff, const Tensor& weight, const Tensor& bias, Tensor& running_mean,
     Tensor& running_var, bool training, double momentum, double eps) {
+  const NoAutocast no_autocast;
   TORCH_CHECK(x.dim() == 4 && coeff.dim() == 2 && coeff.size(0) == x.size(0) && weight.dim() == 2 &&
                   weight.size(0) == coeff.size(1) && weight.size(1) == x.size(1),
               "awnet::mix_batch_norm: expected x (B, C, H, W), coeff (B, K) and parameters (K, C)");
@@ -75,12 +77,13 @@ std::tuple<Tensor, Tensor, Tensor> mix_batch_norm(
 std::tuple<Tensor, Tensor, Tensor, Tensor> mix_batch_norm_backward(
     const Tensor& grad_y, const Tensor& x, const Tensor& coeff, const Tensor& weight, const Tensor& bias,
     const Tensor& mean, const Tensor& invstd, bool training, double eps, std::array<bool, 4> output_mask) {
+  const NoAutocast no_autocast;
   const auto [need_x, need_coeff, need_weight, need_bias] = output_mask;
   const auto acc = at::toOpMathType(x.scalar_type());
   const auto pixels = x.size(2) * x.size(3);
   const auto w = coeff.to(acc), gamma = weight.to(acc), beta = bias.to(acc);
-  const auto dy_sum = grad_y.sum({2, 3}, false, acc);                           // (B, C)
-  const auto dy_x_sum = (grad_y.to(acc) * x.to(acc)).sum({2, 3});               // (B, C)
+  const auto& kernels = kernels_for(x);
+  const auto [dy_sum, dy_x_sum] = kernels.bn_grad_sums(grad_y, x);              // (B, C) each
   // sum_p dy * xhat_k per (sample, bank, channel)
   const auto dy_xhat = invstd.unsqueeze(0) * (dy_x_sum.unsqueeze(1) - mean.unsqueeze(0) * dy_sum.unsqueeze(1));
   const auto dgamma = (w.unsqueeze(2) * dy_xhat).sum(0);                         // (K, C)
@@ -104,11 +107,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> mix_batch_norm_backward(
     }
   }
   auto empty = x.new_empty({0});
-  Tensor dx = empty;
-  if (need_x) {
-    dx = affine(x, scale_x, shift);
-    dx.addcmul_(grad_y, at::mm(w, gamma * invstd).view({x.size(0), x.size(1), 1, 1}));
-  }
+  const auto dx = need_x ? kernels.bn_grad_input(grad_y, x, at::mm(w, gamma * invstd), scale_x, shift) : empty;
   return {dx, need_coeff ? dcoeff.to(coeff.scalar_type()) : empty,
           need_weight ? dgamma.to(weight.scalar_type()) : empty, need_bias ? dbeta.to(bias.scalar_type()) : empty};
 }
@@ -117,5 +116,12 @@ TORCH_LIBRARY_IMPL(awnet, CPU, m) {
   m.impl("mix_batch_norm", &mix_batch_norm);
   m.impl("mix_batch_norm_backward", &mix_batch_norm_backward);
 }
+
+#ifdef AWNET_WITH_CUDA
+TORCH_LIBRARY_IMPL(awnet, CUDA, m) {
+  m.impl("mix_batch_norm", &mix_batch_norm);
+  m.impl("mix_batch_norm_backward", &mix_batch_norm_backward);
+}
+#endif
 
 }  // namespace awnet

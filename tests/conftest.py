@@ -16,8 +16,18 @@ import awkernels  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Parity tolerances against the float64 reference, relative to max |ref| (DESIGN.md section 2).
-TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9}
+# The dtype the parity suites' float32 cases run in: scripts/gpu-check runs them on a GPU in each of
+# float32, tf32 (float32 tensors, TF32 matmuls and convolutions), float16 and bfloat16. float32 means IEEE
+# float32, so TF32 (on by default for torch's convolutions and for float32 Triton dots) is off unless asked.
+PARITY_MODE = os.environ.get("AWNET_PARITY_DTYPE", "float32")
+PARITY_DTYPE = {"float32": torch.float32, "tf32": torch.float32, "float16": torch.float16,
+                "bfloat16": torch.bfloat16}[PARITY_MODE]
+torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = PARITY_MODE == "tf32"
+
+# Parity tolerances against the float64 reference, relative to max |ref| (DESIGN.md section 2); TF32 and
+# float16 keep 10 mantissa bits, bfloat16 7.
+TOLERANCE = {torch.float32: 5e-3 if PARITY_MODE == "tf32" else 1e-4, torch.float64: 1e-9,
+             torch.float16: 5e-3, torch.bfloat16: 2e-2}
 
 # Named so that a backend missing from this install shows up as a skip with its reason; any other backend
 # the install reports is tested too.
@@ -43,12 +53,17 @@ def backend(request) -> Backend:
             "cpp": "the C++ extension is not built or did not load: "
                    f"{awkernels.build_info()['reasons']['cpu']}",
             "triton": "needs triton, and a CUDA GPU or TRITON_INTERPRET=1",
-            "cuda": "needs the CUDA extension and a CUDA GPU",
+            "cuda": f"needs the CUDA extension and a GPU: {awkernels.build_info()['reasons']['cuda_available']}",
         }
         pytest.skip(f"backend {name!r} not in this install ({awkernels.available_backends()}): {reasons[name]}")
+    return Backend(name, backend_device(name))
+
+
+def backend_device(name: str) -> torch.device:
+    """The device a backend's tests put tensors on: triton runs on the CPU only under its interpreter."""
     if name == "cuda" or (name == "triton" and torch.cuda.is_available()):
-        return Backend(name, torch.device("cuda"))
-    return Backend(name, torch.device("cpu"))
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 def noncontiguous(t: torch.Tensor) -> torch.Tensor:

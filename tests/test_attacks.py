@@ -10,7 +10,7 @@ import torchattacks
 from torch import nn
 
 from awnet import attacks
-from awnet.eval.data import mnist5k
+from awnet.data import mnist5k
 
 EPS, EPS_L2 = 0.1, 1.5
 

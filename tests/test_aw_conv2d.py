@@ -8,7 +8,7 @@ import torch
 
 import awkernels
 from awkernels import reference
-from conftest import TOLERANCE, assert_close, grads, to_layout
+from conftest import PARITY_DTYPE, TOLERANCE, assert_close, grads, to_layout
 
 F64 = torch.float64
 ALL_INPUTS = ("x", "weight", "coeff", "bias")
@@ -33,7 +33,7 @@ class ConvCase:
     padding: int | tuple[int, int] = 0
     dilation: int | tuple[int, int] = 1
     groups: int = 1
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype = PARITY_DTYPE  # float32 unless AWNET_PARITY_DTYPE says otherwise
     layout: str = "contiguous"  # channels_last: x; noncontiguous: every input
 
     def output_shape(self) -> tuple[int, ...]:

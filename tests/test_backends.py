@@ -103,7 +103,10 @@ def test_compile_fullgraph_matches_eager(backend, compiler):
 
 
 @pytest.mark.skipif("triton" not in awkernels.available_backends(), reason="needs triton (GPU or TRITON_INTERPRET=1)")
-def test_triton_falls_back_for_grouped_convolutions_and_says_why(caplog):
+def test_triton_falls_back_for_grouped_convolutions_and_says_why(caplog, monkeypatch):
+    from awkernels import _backend
+
+    monkeypatch.setattr(_backend, "_fallbacks_logged", set())  # each reason is logged once per process
     device = "cuda" if torch.cuda.is_available() else "cpu"
     x, weight, coeff = torch.randn(2, 4, 5, 5, device=device), torch.randn(2, 6, 2, 3, 3, device=device), \
         torch.rand(2, 2, device=device)
@@ -112,3 +115,15 @@ def test_triton_falls_back_for_grouped_convolutions_and_says_why(caplog):
     assert "groups=1, not groups=2" in caplog.text
     expected = awkernels.reference.aw_conv2d(x, weight, coeff, None, (1, 1), (0, 0), (1, 1), 2)
     torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", awkernels.available_backends())
+def test_aw_conv2d_follows_autocast_like_conv2d(backend):
+    x, weight, coeff = torch.randn(2, 3, 6, 6), torch.randn(2, 4, 3, 3, 3), torch.rand(2, 2, 4)
+    bias = torch.randn(2, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16), awkernels.use_backend(backend):
+        y = awkernels.aw_conv2d(x, weight, coeff, bias, padding=1)
+        static = torch.nn.functional.conv2d(x, weight[0], bias[0], padding=1)
+    assert y.dtype == static.dtype == torch.bfloat16
+    expected = awkernels.reference.aw_conv2d(x, weight, coeff, bias, (1, 1), (1, 1), (1, 1), 1)
+    torch.testing.assert_close(y.float(), expected, rtol=2e-2, atol=2e-2 * expected.abs().max().item())

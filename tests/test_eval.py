@@ -19,7 +19,7 @@ from awnet.eval import (
     AttackSpec, attack_suite, auroc, detection_metrics, evaluate, filter_statistics, gradient_masking_checks,
     weighted_robust_accuracy, worst_case,
 )
-from awnet.eval.data import mnist5k
+from awnet.data import mnist5k
 from awnet.eval.masking import check_non_increasing, slack
 from awnet.eval.weights import analyze_weights, filters
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import awkernels
 from awkernels import reference
-from conftest import TOLERANCE, assert_close, grads, to_layout
+from conftest import PARITY_DTYPE, TOLERANCE, assert_close, grads, to_layout
 
 F64 = torch.float64
 EPS = 1e-5
@@ -27,7 +27,7 @@ class BNCase:
     batch: int = 3
     channels: int = 4
     size: tuple[int, int] = (3, 3)
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype = PARITY_DTYPE  # float32 unless AWNET_PARITY_DTYPE says otherwise
     layout: str = "contiguous"  # of x (and of coeff when noncontiguous)
     momentum: float = 0.1
     params: torch.dtype | None = None  # of weight, bias and running stats; None: float64 for float64 x, else float32

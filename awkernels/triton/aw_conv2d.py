@@ -7,8 +7,8 @@ channels_last and non-contiguous inputs need no copies):
   with W_b = sum_k a[b,k,o] W_k blended in registers (M = C_out, so the blended tile is the A operand).
   For K = 1 the blend is a per-filter scale, applied to the accumulator in the epilogue instead.
 - dx: the same with the transposed banks, acc[c, q] += W_b^T[c, (o,i,j)] @ dy_b gathered at input pixel q.
-- dW and dcoeff in one kernel per weight tile that walks the batch: G_b = dy_b @ im2col(x_b)^T is formed in
-  registers, accumulated into dW_k += a[b,k,o] G_b and reduced against the banks into
+- dW and dcoeff in one kernel per (weight tile, bank) that walks the batch: G_b = dy_b @ im2col(x_b)^T is
+  formed in registers, accumulated into dW_k += a[b,k,o] G_b and reduced against the bank into
   da[b,k,o] = <G_b[o], W_k[o]>; G_b never reaches memory.
 
 Coefficients are read through strides too: a layer-level coeff (B, K) is the filter-level one with a zero
@@ -137,28 +137,29 @@ def _weight_coeff_grad_kernel(
     B, C_in, H, W, C_out, H_out, W_out, samples_per_split,
     sgb, sgc, sgh, sgw, sxb, sxc, sxh, sxw, sab, sak, sao,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    KH: tl.constexpr, KW: tl.constexpr, BANKS: tl.constexpr, BANKS_P2: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, BANKS: tl.constexpr,
     NEED_WEIGHT: tl.constexpr, NEED_COEFF: tl.constexpr,
     ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """dw: (splits, K, C_out, R) partial sums over each split of the batch; da: (R tiles, B, K, C_out)."""
+    """One bank per program (the last grid axis enumerates (batch split, bank)), so every tile is 2-D: a
+    (bank, filter, tap) tile in registers made the banks' accumulators spill. G_b is formed once per bank.
+    dw: (splits, K, C_out, R) partial sums over each split of the batch; da: (R tiles, B, K, C_out)."""
     pixels = H_out * W_out
     reduction = C_in * KH * KW
     offs_o = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_r = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    split = tl.program_id(2)
+    split = tl.program_id(2) // BANKS
+    bank = tl.program_id(2) % BANKS
     mask_o, mask_r = offs_o < C_out, offs_r < reduction
+    mask_or = mask_o[:, None] & mask_r[None, :]
     c = offs_r // (KH * KW)
     ki = (offs_r // KW) % KH
     kj = offs_r % KW
-    banks = tl.arange(0, BANKS_P2)
-    mask_ko = (banks[:, None] < BANKS) & mask_o[None, :]
-    mask_kor = mask_ko[:, :, None] & mask_r[None, None, :]
-    w_offs = banks[:, None, None] * (C_out * reduction) + offs_o[None, :, None] * reduction + offs_r[None, None, :]
-    if NEED_COEFF:
-        w_k = tl.load(w_ptr + w_offs, mask=mask_kor, other=0.0).to(ACC)
-    dw = tl.zeros((BANKS_P2, BLOCK_M, BLOCK_N), dtype=ACC)
+    # Scalar bases and 32-bit tile offsets: a 64-bit offset tile would live in registers across the loop.
+    tile = offs_o[:, None] * reduction + offs_r[None, :]
+    w_bank = w_ptr + bank.to(tl.int64) * (C_out * reduction)
+    dw = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
 
     first = split * samples_per_split
     for b in range(first, tl.minimum(first + samples_per_split, B)):
@@ -178,15 +179,16 @@ def _weight_coeff_grad_kernel(
                 grad += tl.dot(g.to(ACC), x.to(ACC), input_precision=PRECISION, out_dtype=ACC)
             else:
                 grad += tl.dot(g, x, input_precision=PRECISION, out_dtype=ACC)
-        a = tl.load(a_ptr + b64 * sab + banks[:, None] * sak + offs_o[None, :] * sao, mask=mask_ko, other=0.0)
+        a = tl.load(a_ptr + b64 * sab + bank * sak + offs_o * sao, mask=mask_o, other=0.0).to(ACC)
         if NEED_WEIGHT:
-            dw += a.to(ACC)[:, :, None] * grad.to(ACC)[None, :, :]
+            dw += a[:, None] * grad
         if NEED_COEFF:
-            da = tl.sum(w_k * grad.to(ACC)[None, :, :], axis=2)
-            da_offs = ((tl.program_id(1) * B + b64) * BANKS + banks[:, None]) * C_out + offs_o[None, :]
-            tl.store(da_ptr + da_offs, da, mask=mask_ko)
+            w_k = tl.load(w_bank + tile, mask=mask_or, other=0.0).to(ACC)
+            da_offs = ((tl.program_id(1) * B + b64) * BANKS + bank) * C_out + offs_o
+            tl.store(da_ptr + da_offs, tl.sum(w_k * grad, axis=1), mask=mask_o)
     if NEED_WEIGHT:
-        tl.store(dw_ptr + split.to(tl.int64) * (BANKS * C_out * reduction) + w_offs, dw, mask=mask_kor)
+        dw_bank = dw_ptr + (split * BANKS + bank).to(tl.int64) * (C_out * reduction)
+        tl.store(dw_bank + tile, dw, mask=mask_or)
 
 
 def _coeff_strides(coeff: torch.Tensor) -> tuple[int, int, int]:
@@ -198,10 +200,11 @@ def _out_size(size, kernel, stride, padding, dilation):
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def _constants(x, weight):
+def _constants(x, weight, per_bank=False):
     banks = weight.shape[0]
-    return dict(KH=weight.shape[3], KW=weight.shape[4], BANKS=banks, BANKS_P2=triton.next_power_of_2(banks),
-                ACC=acc_dtype(x.dtype), PRECISION=dot_precision(x), UPCAST=upcast_dots(x))
+    padded = {} if per_bank else dict(BANKS_P2=triton.next_power_of_2(banks))
+    return dict(KH=weight.shape[3], KW=weight.shape[4], BANKS=banks, ACC=acc_dtype(x.dtype),
+                PRECISION=dot_precision(x), UPCAST=upcast_dots(x), **padded)
 
 
 def _shape_key(x, weight, coeff, geometry):
@@ -266,11 +269,11 @@ def weight_coeff_grad(grad_y, x, weight, coeff, stride, padding, dilation, need_
     dw = x.new_zeros((splits, banks, c_out, reduction), dtype=acc) if need_weight else None
     da = x.new_zeros((r_tiles, batch, banks, c_out), dtype=acc) if need_coeff else None
     if batch:
-        _weight_coeff_grad_kernel[(o_tiles, r_tiles, splits)](
+        _weight_coeff_grad_kernel[(o_tiles, r_tiles, splits * banks)](
             grad_y, x, weight, coeff, dw if need_weight else weight, da if need_coeff else weight,
             batch, c_in, h, w, c_out, h_out, w_out, triton.cdiv(batch, splits), *grad_y.stride(), *x.stride(),
             *_coeff_strides(coeff), *stride, *padding, *dilation, NEED_WEIGHT=need_weight, NEED_COEFF=need_coeff,
-            **_constants(x, weight), **config.kwargs())
+            **_constants(x, weight, per_bank=True), **config.kwargs())
     return (dw.sum(0).view(weight.shape) if need_weight else None, da.sum(0) if need_coeff else None)
 
 

@@ -13,17 +13,8 @@
 namespace awnet::cpu {
 namespace {
 
-struct Dims {
-  int64_t batch, banks, out, pixels, group_out;
-  int64_t stacked(int64_t k, int64_t o) const { return stacked_channel(k, o, banks, group_out); }
-};
-
-Dims dims_of(const Tensor& a, const Tensor& planes, int64_t groups) {
-  return {a.size(0), a.size(1), a.size(2), planes.size(2) * planes.size(3), a.size(2) / groups};
-}
-
 template <typename scalar_t, typename acc_t>
-void mix_nchw(const scalar_t* banks, const acc_t* a, const acc_t* bias_b, scalar_t* y, const Dims& d) {
+void mix_nchw(const scalar_t* banks, const acc_t* a, const acc_t* bias_b, scalar_t* y, const BankDims& d) {
   at::parallel_for(0, d.batch * d.out, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> row(d.pixels);
     for (int64_t bo = begin; bo < end; ++bo) {
@@ -41,7 +32,7 @@ void mix_nchw(const scalar_t* banks, const acc_t* a, const acc_t* bias_b, scalar
 }
 
 template <typename scalar_t, typename acc_t>
-void mix_channels_last(const scalar_t* banks, const acc_t* a, const acc_t* bias_b, scalar_t* y, const Dims& d) {
+void mix_channels_last(const scalar_t* banks, const acc_t* a, const acc_t* bias_b, scalar_t* y, const BankDims& d) {
   const int64_t width = d.banks * d.out;
   at::parallel_for(0, d.batch * d.pixels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bp = begin; bp < end; ++bp) {
@@ -59,7 +50,7 @@ void mix_channels_last(const scalar_t* banks, const acc_t* a, const acc_t* bias_
 
 template <typename scalar_t, typename acc_t>
 void grads_nchw(const scalar_t* dy, const scalar_t* banks, const acc_t* a, scalar_t* dy_banks, acc_t* da,
-                acc_t* dy_sum, const Dims& d) {
+                acc_t* dy_sum, const BankDims& d) {
   at::parallel_for(0, d.batch * d.out, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bo = begin; bo < end; ++bo) {
       const int64_t b = bo / d.out, o = bo % d.out;
@@ -88,7 +79,7 @@ void grads_nchw(const scalar_t* dy, const scalar_t* banks, const acc_t* a, scala
 
 template <typename scalar_t, typename acc_t>
 void grads_channels_last(const scalar_t* dy, const scalar_t* banks, const acc_t* a, scalar_t* dy_banks, acc_t* da,
-                         acc_t* dy_sum, const Dims& d) {
+                         acc_t* dy_sum, const BankDims& d) {
   const int64_t width = d.banks * d.out;
   // One sample per task: its (K, C_out) dot products accumulate over all of its pixels.
   at::parallel_for(0, d.batch, 1, [&](int64_t begin, int64_t end) {
@@ -116,16 +107,11 @@ void grads_channels_last(const scalar_t* dy, const scalar_t* banks, const acc_t*
   });
 }
 
-template <typename T>
-T* data_or_null(const Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-
 }  // namespace
 
 void mix_banks(const Tensor& banks, const Tensor& a, const Tensor& bias_b, int64_t groups, bool channels_last,
                Tensor& y) {
-  const auto d = dims_of(a, banks, groups);
+  const auto d = BankDims::of(a, banks, groups);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, banks.scalar_type(), "awnet_mix_banks_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto* src = banks.data_ptr<scalar_t>();
@@ -140,7 +126,7 @@ void mix_banks(const Tensor& banks, const Tensor& a, const Tensor& bias_b, int64
 
 void bank_grads(const Tensor& dy, const Tensor& banks, const Tensor& a, int64_t groups, bool channels_last,
                 Tensor& dy_banks, Tensor& da, Tensor& dy_sum) {
-  const auto d = dims_of(a, dy, groups);
+  const auto d = BankDims::of(a, dy, groups);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "awnet_bank_grads_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto* g = dy.data_ptr<scalar_t>();

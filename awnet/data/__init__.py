@@ -1,0 +1,48 @@
+"""Datasets (DESIGN.md section 6): `mnist5k` (the embedded default), `cifar10` / `cifar100` from a local
+`data_dir`, and `synthetic`. Nothing is downloaded at run time.
+
+`load_dataset(name, split, data_dir)` returns (images in [0, 1], labels) as tensors; `DATASETS` says, per
+dataset, its number of classes, the model that fits its images and its usual Linf radius.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from .cifar import cifar
+from .mnist5k import mnist5k
+from .synthetic import synthetic
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    num_classes: int
+    model: str  # the default `awnet.models.build` name for its image size
+    eps: float  # the usual Linf radius on [0, 1] images
+
+
+DATASETS = {
+    "mnist5k": DatasetInfo(10, "smallcnn", 0.3),
+    "cifar10": DatasetInfo(10, "resnet18", 8 / 255),
+    "cifar100": DatasetInfo(100, "resnet18", 8 / 255),
+    "synthetic": DatasetInfo(10, "smallcnn", 0.3),
+}
+
+
+def load_dataset(name: str, split: str = "test", data_dir: str | os.PathLike | None = None) -> tuple[Tensor, Tensor]:
+    """(images (N, C, H, W) float32 in [0, 1], labels (N,) int64) of `split` ("train" or "test").
+
+    `data_dir` is where cifar10 / cifar100 live (see `awnet.data.cifar`); the others ignore it.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; available: {sorted(DATASETS)}")
+    if name == "mnist5k":
+        return mnist5k(split)
+    if name == "synthetic":
+        return synthetic(split)
+    return cifar(name, split, data_dir)
+
+
+__all__ = ["DATASETS", "DatasetInfo", "cifar", "load_dataset", "mnist5k", "synthetic"]

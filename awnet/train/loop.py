@@ -1,0 +1,300 @@
+"""The training loop (DESIGN.md section 6): seeds, optimizer and schedule, eps ramp, mixed precision on GPU,
+DDP under torchrun, progress bars, a per-epoch log with held-out clean / PGD / router accuracy, atomic
+checkpoints every epoch and `resume`.
+
+Determinism: every epoch starts by seeding torch's generator from (seed, epoch, rank) and shuffles the
+training set with a generator seeded from (seed, epoch), so what an epoch computes depends only on the state
+at its start, which the checkpoint holds (model, optimizer, scheduler, loss scaler, MTARD weights). A run
+resumed from its last checkpoint therefore repeats, bit for bit on CPU, what the uninterrupted run computes.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from .. import checkpoint as model_files
+from ..attacks import pgd
+from ..convert import convert
+from ..data import DATASETS, load_dataset
+from ..eval.metrics import outcomes
+from ..models import build
+from ..nn import AWNet
+from .recipes import ADVERSARIAL_RECIPES, AW_RECIPES, RECIPES, MTARDWeights, RecipeContext
+from .state import MODEL, load_checkpoint, save_checkpoint, write_logs
+
+
+@dataclass
+class TrainConfig:
+    """One training run. `model` and `eps` default to the dataset's (see `awnet.data.DATASETS`)."""
+    recipe: str = "standard"
+    dataset: str = "mnist5k"
+    model: Optional[str] = None
+    out: str = "runs/train"
+    data_dir: Optional[str] = None
+    epochs: int = 20
+    batch_size: int = 100
+    lr: float = 0.05  # SGD, momentum 0.9 (Nesterov); linear warm-up, then cosine decay to 0
+    warmup: float = 0.05  # fraction of the steps
+    weight_decay: float = 5e-4
+    eps: Optional[float] = None
+    eps_ramp: float = 1 / 3  # eps grows linearly from 0 over this fraction of the steps
+    attack_steps: int = 10  # PGD steps of the training attacks, step size 2.5 eps / steps
+    trades_beta: float = 6.0
+    clean_teacher: Optional[str] = None  # awnet recipe: checkpoints of the two teachers
+    robust_teacher: Optional[str] = None
+    init: Optional[str] = None  # start from this checkpoint (a static one is converted for AW recipes)
+    mtard_lr: float = 0.025
+    temperature: float = 1.0
+    type_weight: float = 1.0
+    evasion_fraction: float = 0.5
+    evasion_weight: float = 1.0
+    deployed_weight: float = 0.0  # awnet recipe: weight of the distillation loss of the network as deployed
+    banks: int = 1
+    omega: bool = True
+    router_width: int = 64
+    n_train: Optional[int] = None  # train on N samples spread evenly over the split (balanced when sorted)
+    val_n: int = 500  # held-out samples (from the test split) for the per-epoch clean / PGD accuracy
+    val_steps: int = 10
+    seed: int = 0
+    amp: bool = True  # mixed precision on GPU (bfloat16 where supported, else float16 with loss scaling)
+    device: Optional[str] = None
+    progress: bool = True
+    resume: bool = False  # continue the run whose checkpoint is in `out`
+
+    # Settings that change nothing a run computes: a resume may change them.
+    COSMETIC = ("out", "progress", "device", "resume")
+
+    def resolved(self) -> TrainConfig:
+        """A copy with the dataset defaults filled in."""
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; available: {list(RECIPES)}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; available: {sorted(DATASETS)}")
+        info = DATASETS[self.dataset]
+        values = asdict(self)
+        values["model"] = self.model or info.model
+        values["eps"] = info.eps if self.eps is None else self.eps
+        return TrainConfig(**values)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that determine what the run computes."""
+        return {k: v for k, v in asdict(self).items() if k not in self.COSMETIC}
+
+
+def spread(x: Tensor, y: Tensor, n: Optional[int]) -> tuple[Tensor, Tensor]:
+    """`n` samples at evenly spaced indices (all when n is None): balanced on data stored sorted by class."""
+    if n is None or n >= len(x):
+        return x, y
+    index = torch.linspace(0, len(x) - 1, n).round().long()
+    return x[index], y[index]
+
+
+def _seed(*parts: int) -> int:
+    return int.from_bytes(repr(parts).encode(), "little") % (2 ** 63)
+
+
+def make_model(config: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:
+    """The network the recipe trains: static for standard / pgd-at / trades, an AW-Net for awnet*."""
+    aw = config.recipe in AW_RECIPES
+    if config.init is not None:
+        model = model_files.load(config.init)
+        if aw and not isinstance(model, AWNet):
+            model = convert(model, config.banks, config.omega, config.router_width)
+        elif aw != isinstance(model, AWNet):
+            raise ValueError(f"--init {config.init} is {'an AW-Net' if not aw else 'static'}; the "
+                             f"{config.recipe} recipe trains {'an AW-Net' if aw else 'a static network'}")
+    else:
+        options = {"banks": config.banks, "omega": config.omega, "router_width": config.router_width} if aw else {}
+        model = build(config.model, num_classes, aw=aw, **options)
+    return model.to(device).train()
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float):
+    warmup_steps = max(1, round(warmup * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def validate(net: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, rank: int, world: int,
+             batch_size: int) -> dict[str, float]:
+    """Clean and PGD accuracy (and, for an AW-Net, the router's detection accuracy on clean vs PGD inputs)
+    on this process's shard of the held-out set, summed over the processes."""
+    net.eval()
+    x, y = x[rank::world], y[rank::world]
+    attack = partial(pgd, eps=eps, alpha=2.5 * eps / steps, steps=steps)
+    clean, clean_scores = outcomes(net, x, y, batch_size=batch_size)
+    adv, adv_scores = outcomes(net, x, y, attack, (eps, "linf"), batch_size)
+    counts = [clean.sum(), (clean & adv).sum(), torch.tensor(len(x))]
+    if clean_scores is not None:
+        counts.append((clean_scores < 0.5).sum() + (adv_scores >= 0.5).sum())
+    counts = torch.stack(counts).double()
+    if world > 1:
+        dist.all_reduce(counts)
+    net.train()
+    n = counts[2].item()
+    row = {"val_clean_acc": counts[0].item() / n, "val_pgd_acc": counts[1].item() / n}
+    if clean_scores is not None:
+        row["val_router_acc"] = counts[3].item() / (2 * n)
+    return row
+
+
+def _autocast(enabled: bool):
+    if not enabled:
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def train(config: TrainConfig) -> list[dict[str, Any]]:
+    """Run (or, when `config.out` holds a checkpoint of the same run, resume) a training run; return the
+    per-epoch log. Under torchrun each process trains on its shard of every batch (DDP); rank 0 writes."""
+    config = config.resolved()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    started_group = world > 1 and not dist.is_initialized()
+    if started_group:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    try:
+        return _train(config, rank, world)
+    finally:
+        if started_group:
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, rank: int, world: int) -> list[dict[str, Any]]:
+    if config.device is not None:
+        device = torch.device(config.device)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)  # NCCL's collectives run on the current device
+    else:
+        device = torch.device("cpu")
+    amp = config.amp and device.type == "cuda"
+    info = DATASETS[config.dataset]
+    x_train, y_train = spread(*load_dataset(config.dataset, "train", config.data_dir), config.n_train)
+    x_val, y_val = spread(*load_dataset(config.dataset, "test", config.data_dir), config.val_n)
+    steps_per_epoch = len(x_train) // (config.batch_size * world)
+    if steps_per_epoch < 1:
+        raise ValueError(f"{len(x_train)} training samples make no batch of {config.batch_size} per process "
+                         f"for {world} process(es)")
+
+    torch.manual_seed(config.seed)
+    net = make_model(config, info.num_classes, device)
+    teachers = {}
+    for role in ("clean_teacher", "robust_teacher"):
+        path = getattr(config, role)
+        teachers[role] = None if path is None else model_files.load(path, device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
+                                weight_decay=config.weight_decay)
+    schedule = make_schedule(optimizer, config.epochs * steps_per_epoch, config.warmup)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
+    mtard = MTARDWeights(config.mtard_lr)
+    history: list[dict[str, Any]] = []
+
+    os.makedirs(config.out, exist_ok=True)
+    saved = load_checkpoint(config.out)
+    if saved is not None and not config.resume:
+        raise ValueError(f"{config.out} already holds a training run: pass --resume to continue it, or choose "
+                         "another output folder")
+    if saved is not None:
+        if saved["config"] != config.identity():
+            changed = sorted(k for k in config.identity() if saved["config"].get(k) != config.identity()[k])
+            raise ValueError(f"{config.out} holds a run with other settings ({', '.join(changed)}): resume it "
+                             "with the same settings or choose another output folder")
+        net.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        scaler.load_state_dict(saved["scaler"])
+        mtard.load_state_dict(saved["mtard"])
+        history = saved["history"]
+
+    if world > 1:
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    else:
+        model = net
+    ctx = RecipeContext(model, net, config.eps, 0.0, config.attack_steps, config.trades_beta,
+                        teachers["clean_teacher"], teachers["robust_teacher"], mtard, config.temperature,
+                        config.type_weight, config.evasion_fraction, config.evasion_weight,
+                        config.deployed_weight)
+    for epoch in range(len(history), config.epochs):
+        clock = time.perf_counter()
+        means = _epoch(config, ctx, optimizer, schedule, scaler, x_train, y_train, epoch, steps_per_epoch,
+                       rank, world, device, amp)
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "eps": ctx.eps, **means,
+               **validate(net, x_val, y_val, config.eps, config.val_steps, rank, world, config.batch_size)}
+        row["seconds"] = time.perf_counter() - clock
+        history.append(row)
+        if rank == 0:
+            model_files.save(net, os.path.join(config.out, MODEL))
+            save_checkpoint({"config": config.identity(), "epoch": epoch + 1, "model": net.state_dict(),
+                             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                             "scaler": scaler.state_dict(), "mtard": mtard.state_dict(), "history": history},
+                            config.out)
+            write_logs(history, config.identity(), config.out)
+            print(_summary(row), flush=True)
+        if world > 1:
+            dist.barrier()
+    return history
+
+
+def _epoch(config: TrainConfig, ctx: RecipeContext, optimizer, schedule, scaler, x_train: Tensor, y_train: Tensor,
+           epoch: int, steps_per_epoch: int, rank: int, world: int, device: torch.device,
+           amp: bool) -> dict[str, float]:
+    """One epoch of the recipe; returns its statistics averaged over the steps (and the processes)."""
+    torch.manual_seed(_seed(config.seed, epoch, rank))
+    order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(_seed(config.seed, epoch)))
+    recipe, total_steps = RECIPES[config.recipe], config.epochs * steps_per_epoch
+    sums: dict[str, Tensor] = {}
+    bar = tqdm(range(steps_per_epoch), desc=f"{config.recipe} epoch {epoch + 1}/{config.epochs}",
+               disable=not config.progress or rank != 0, leave=False)
+    for step in bar:
+        start = (step * world + rank) * config.batch_size  # each process its slice of the global batch
+        index = order[start:start + config.batch_size]
+        x, y = x_train[index].to(device), y_train[index].to(device)
+        done = (epoch * steps_per_epoch + step + 1) / total_steps
+        ramp = 1.0 if config.eps_ramp <= 0 else min(1.0, done / config.eps_ramp)
+        ctx.eps = config.eps * ramp if config.recipe in ADVERSARIAL_RECIPES else 0.0
+        ctx.alpha = 2.5 * ctx.eps / config.attack_steps
+        with _autocast(amp):
+            loss, stats = recipe(ctx, x, y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        schedule.step()
+        for key, value in stats.items():
+            sums[key] = sums.get(key, 0.0) + value.detach().double()
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    means = torch.stack(list(sums.values())) / steps_per_epoch
+    if world > 1:
+        dist.all_reduce(means)
+        means /= world
+    return dict(zip(sums, means.tolist()))
+
+
+def _summary(row: dict[str, Any]) -> str:
+    parts = [f"epoch {row['epoch']}"]
+    for key, value in row.items():
+        if key != "epoch":
+            parts.append(f"{key} {value:.4g}")
+    return "  ".join(parts)
+
+
+__all__ = ["TrainConfig", "make_model", "spread", "train", "validate"]

@@ -1,0 +1,102 @@
+// CUDA passes of the MixBN backward (awnet.h states them), each one read of the (B, C, H, W) tensors where
+// ATen needs two or three: the per-(sample, channel) sums of dy and dy * x, and
+// dx = scale_dy * dy + scale_x * x + shift.
+#include "../awnet.h"
+#include "launch.cuh"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+
+namespace awnet::cuda {
+namespace {
+
+// One block per (sample, tile of channels), see PixelTile; block sums keep the results deterministic.
+template <typename scalar_t, typename acc_t>
+__global__ void grad_sums_kernel(const scalar_t* dy, const scalar_t* x, acc_t* dy_sum, acc_t* dy_x_sum,
+                                 int64_t channels, int64_t pixels, bool channels_last, PixelTile tile) {
+  __shared__ acc_t shared[kThreads];
+  const int64_t b = tile.sample(channels), c = tile.channel(channels);
+  const bool active = c < channels;  // lanes past the last channel still take part in the block sums
+  acc_t sum = 0, dot = 0;
+  if (active) {
+    for (int64_t p = tile.pixel_lane(); p < pixels; p += tile.pixel_lanes()) {
+      const int64_t i = offset(b, c, p, channels, pixels, channels_last);
+      const acc_t g = static_cast<acc_t>(dy[i]);
+      sum += g;
+      dot += g * static_cast<acc_t>(x[i]);
+    }
+  }
+  sum = sum_pixel_lanes(sum, shared, tile);
+  dot = sum_pixel_lanes(dot, shared, tile);
+  if (active && tile.pixel_lane() == 0) {
+    dy_sum[b * channels + c] = sum;
+    dy_x_sum[b * channels + c] = dot;
+  }
+}
+
+// One thread per element, walked in memory order.
+template <typename scalar_t, typename acc_t>
+__global__ void grad_input_kernel(const scalar_t* dy, const scalar_t* x, const acc_t* scale_dy, const acc_t* scale_x,
+                                  const acc_t* shift, scalar_t* dx, int64_t n, int64_t channels, int64_t pixels,
+                                  bool channels_last) {
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const int64_t bc = channels_last ? i / (pixels * channels) * channels + i % channels : i / pixels;
+    dx[i] = static_cast<scalar_t>(scale_dy[bc] * static_cast<acc_t>(dy[i]) + scale_x[bc] * static_cast<acc_t>(x[i]) +
+                                  shift[bc]);
+  }
+}
+
+// dy and x dense in x's suggested memory format, the layout the kernels walk (a copy only when they are not).
+struct Dense {
+  Tensor dy, x;
+  bool channels_last;
+};
+
+Dense dense(const Tensor& dy, const Tensor& x) {
+  const auto format = x.suggest_memory_format();
+  return {dy.contiguous(format), x.contiguous(format), format == at::MemoryFormat::ChannelsLast};
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor> bn_grad_sums(const Tensor& dy, const Tensor& x) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto in = dense(dy, x);
+  const auto batch = x.size(0), channels = x.size(1), pixels = x.size(2) * x.size(3);
+  const auto options = x.options().dtype(at::toOpMathType(x.scalar_type()));
+  auto dy_sum = at::empty({batch, channels}, options), dy_x_sum = at::empty({batch, channels}, options);
+  if (dy_sum.numel() == 0) return {dy_sum, dy_x_sum};
+  const auto tile = PixelTile::for_layout(in.channels_last);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "awnet_bn_grad_sums_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    grad_sums_kernel<<<tile.blocks(batch, channels), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        in.dy.data_ptr<scalar_t>(), in.x.data_ptr<scalar_t>(), dy_sum.data_ptr<acc_t>(), dy_x_sum.data_ptr<acc_t>(),
+        channels, pixels, in.channels_last, tile);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {dy_sum, dy_x_sum};
+}
+
+Tensor bn_grad_input(const Tensor& dy, const Tensor& x, const Tensor& scale_dy, const Tensor& scale_x,
+                     const Tensor& shift) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto in = dense(dy, x);
+  auto dx = at::empty_like(in.x);
+  if (dx.numel() == 0) return dx;
+  const auto a = scale_dy.contiguous(), c1 = scale_x.contiguous(), c0 = shift.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "awnet_bn_grad_input_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    grad_input_kernel<<<grid_stride_blocks(dx.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        in.dy.data_ptr<scalar_t>(), in.x.data_ptr<scalar_t>(), a.data_ptr<acc_t>(), c1.data_ptr<acc_t>(),
+        c0.data_ptr<acc_t>(), dx.data_ptr<scalar_t>(), dx.numel(), x.size(1), x.size(2) * x.size(3),
+        in.channels_last);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return dx;
+}
+
+}  // namespace awnet::cuda
