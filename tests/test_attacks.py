@@ -10,7 +10,7 @@ import torchattacks
 from torch import nn
 
 from awnet import attacks
-from awnet.data import mnist5k
+from mnist_models import data, one_thread, train_mlp  # noqa: F401 (fixtures)
 
 EPS, EPS_L2 = 0.1, 1.5
 
@@ -28,51 +28,19 @@ ATTACKS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The CI machine's 2 cores are shared: one thread avoids oversubscription stalls (10x slower with 2).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return mnist5k("train"), mnist5k("test")
-
-
-def mlp() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
-
-
-def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, adv_eps: float = 0.0, epochs: int = 5) -> nn.Module:
-    """Adam, batch 100; with adv_eps, PGD-AT (Madry) with a 3-step PGD crafted in eval mode."""
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    for _ in range(epochs):
-        perm = torch.randperm(len(x))
-        for i in range(0, len(x), 100):
-            xb, yb = x[perm[i:i + 100]], y[perm[i:i + 100]]
-            if adv_eps:
-                xb = attacks.pgd(model.eval(), xb, yb, adv_eps, adv_eps / 2, 3)
-            loss = F.cross_entropy(model.train()(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def standard(data):
     (x, y), _ = data
-    return train(mlp(), x, y)
+    return train_mlp(x, y)
 
 
 @pytest.fixture(scope="module")
 def robust(data):
     (x, y), _ = data
-    return train(mlp(), x, y, adv_eps=0.1, epochs=8)
+    return train_mlp(x, y, adv_eps=0.1, epochs=8)
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -19,41 +19,12 @@ from awnet.eval import (
     AttackSpec, attack_suite, auroc, detection_metrics, evaluate, filter_statistics, gradient_masking_checks,
     weighted_robust_accuracy, worst_case,
 )
-from awnet.data import mnist5k
 from awnet.eval.masking import check_non_increasing, slack
 from awnet.eval.weights import analyze_weights, filters
+from mnist_models import data, one_thread, train_mlp  # noqa: F401 (fixtures)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The CI machine's 2 cores are shared: one thread avoids oversubscription stalls (10x slower with 2).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return mnist5k("train"), mnist5k("test")
-
-
-def train_mlp(x: torch.Tensor, y: torch.Tensor, adv_eps: float = 0.0, epochs: int = 5) -> nn.Module:
-    """A 784-128-10 MLP, Adam, batch 100; with adv_eps, PGD-AT (Madry) with a 3-step PGD."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    for _ in range(epochs):
-        perm = torch.randperm(len(x))
-        for i in range(0, len(x), 100):
-            xb, yb = x[perm[i:i + 100]], y[perm[i:i + 100]]
-            if adv_eps:
-                xb = attacks.pgd(model.eval(), xb, yb, adv_eps, adv_eps / 2, 3)
-            loss = F.cross_entropy(model.train()(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from awnet.data import DATASETS, load_dataset, mnist5k, synthetic
 from awnet.train import MTARDWeights, RecipeContext, TrainConfig, train
 from awnet.train.recipes import awnet_scratch
 from awnet.train.state import CHECKPOINT, LOG_CSV, LOG_JSON, MODEL
+from mnist_models import one_thread  # noqa: F401 (fixture)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Subprocesses: one thread each (the CI machine's 2 cores are shared), and the checkout's awnet.
@@ -29,12 +30,7 @@ TINY = ["--n-train", "200", "--batch-size", "50", "--attack-steps", "2", "--val-
         "--no-progress"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
