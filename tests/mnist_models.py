@@ -41,3 +41,15 @@ def train_mlp(x: torch.Tensor, y: torch.Tensor, adv_eps: float = 0.0, epochs: in
             loss.backward()
             opt.step()
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def standard(data):
+    (x, y), _ = data
+    return train_mlp(x, y)
+
+
+@pytest.fixture(scope="module")
+def robust(data):
+    (x, y), _ = data
+    return train_mlp(x, y, adv_eps=0.1, epochs=8)

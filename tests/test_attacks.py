@@ -10,7 +10,7 @@ import torchattacks
 from torch import nn
 
 from awnet import attacks
-from mnist_models import data, one_thread, train_mlp  # noqa: F401 (fixtures)
+from mnist_models import data, one_thread, robust, standard  # noqa: F401 (fixtures)
 
 EPS, EPS_L2 = 0.1, 1.5
 
@@ -29,18 +29,6 @@ ATTACKS = {
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def standard(data):
-    (x, y), _ = data
-    return train_mlp(x, y)
-
-
-@pytest.fixture(scope="module")
-def robust(data):
-    (x, y), _ = data
-    return train_mlp(x, y, adv_eps=0.1, epochs=8)
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

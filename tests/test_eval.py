@@ -21,22 +21,10 @@ from awnet.eval import (
 )
 from awnet.eval.masking import check_non_increasing, slack
 from awnet.eval.weights import analyze_weights, filters
-from mnist_models import data, one_thread, train_mlp  # noqa: F401 (fixtures)
+from mnist_models import data, one_thread, robust, standard  # noqa: F401 (fixtures)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def standard(data):
-    (x, y), _ = data
-    return train_mlp(x, y)
-
-
-@pytest.fixture(scope="module")
-def robust(data):
-    (x, y), _ = data
-    return train_mlp(x, y, adv_eps=0.1, epochs=8)
 
 
 class Rounded(nn.Module):

@@ -6,22 +6,17 @@ import csv
 import json
 
 import pytest
-import torch
 
 import awnet
 from awnet import cli
 from awnet.train.reproduce import MODELS, format_tradeoff, target
+from mnist_models import one_thread  # noqa: F401 (fixture)
 
 TINY = ["--standard-epochs", "1", "--robust-epochs", "1", "--awnet-epochs", "1", "--n-train", "200", "--val-n", "20",
         "--n-eval", "30", "--eval-steps", "2", "--apgd-steps", "3", "--check-steps", "2", "--no-progress"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
