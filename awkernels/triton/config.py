@@ -42,7 +42,7 @@ CANDIDATES: dict[str, list[Config]] = {
         Config(64, 64, 32, num_warps=8), Config(128, 64, 16, num_warps=8), Config(32, 64, 16, num_stages=2),
     ],
     "input_grad": [
-        Config(64, 64, 32, num_warps=8), Config(128, 64, 16, num_warps=8), Config(32, 64, 16, num_warps=8, num_stages=2),
+        Config(64, 64, 32, num_warps=8), Config(32, 64, 16, num_warps=8, num_stages=2),
     ],
     "weight_grad": [
         Config(64, 64, 16, num_warps=8, num_stages=2, samples_per_program=16),
