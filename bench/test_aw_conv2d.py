@@ -7,7 +7,7 @@ Implementations: `static` (one bank, the plain convolution the AW-Net replaces),
 per-sample weights and one grouped convolution), `stacked` (cuDNN/oneDNN on the banks stacked along the
 output channels, then the per-sample mix, in plain PyTorch), and every awkernels backend that runs on this
 device. Passes: `fwd` (inference), `fwdbwd` (every gradient), `attack` (dx and dcoeff only: an attack step).
-On a GPU: batch 128 (AWNET_BENCH_BATCH), ResNet-18 and WRN-34-10 shapes, bfloat16 for every pass and
+On a GPU: batch 128 (AWNET_BENCH_BATCH), ResNet-18 and WRN-34-10 shapes (AWNET_BENCH_MODELS), bfloat16 for every pass and
 float32 / tf32 for fwdbwd. On CPU: small batch, ResNet-18 shapes, float32.
 """
 from __future__ import annotations
@@ -24,6 +24,8 @@ from bench.shapes import RESNET18, WRN34_10
 
 BATCH = int(os.environ.get("AWNET_BENCH_BATCH", "128" if CUDA else "4"))
 MODELS = {"resnet18": RESNET18, "wrn34_10": WRN34_10} if CUDA else {"resnet18": RESNET18}
+if os.environ.get("AWNET_BENCH_MODELS"):  # e.g. "resnet18": the speed targets' shapes alone
+    MODELS = {name: MODELS[name] for name in os.environ["AWNET_BENCH_MODELS"].split(",")}
 # (banks, filter-level coeff): the paper's regulation signal, and the clean/adversarial bank blend.
 CASES = {"K1-filter": (1, True), "K2-layer": (2, False)}
 SETTINGS = ([("bfloat16", p) for p in ("fwd", "fwdbwd", "attack")] + [("tf32", "fwdbwd"), ("float32", "fwdbwd")]

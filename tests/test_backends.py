@@ -71,8 +71,8 @@ def test_cuda_backend_runs_cuda_tensors():
     x = torch.empty(2, 3, 4, 4, device="cuda")
     with awkernels.use_backend("cuda"):
         assert _backend.resolve(x) == "cuda"
-    with awkernels.use_backend("auto"):  # triton's fused kernels first, where triton is installed
-        assert _backend.resolve(x) == ("triton" if "triton" in awkernels.available_backends() else "cuda")
+    with awkernels.use_backend("auto"):  # the faster of the two on an H100, triton's kernels included
+        assert _backend.resolve(x) == "cuda"
 
 
 def _conv_and_bn(x, weight, coeff, bias, gamma, beta, running_mean, running_var):
@@ -119,9 +119,11 @@ def test_triton_falls_back_for_grouped_convolutions_and_says_why(caplog, monkeyp
 
 @pytest.mark.parametrize("backend", awkernels.available_backends())
 def test_aw_conv2d_follows_autocast_like_conv2d(backend):
-    x, weight, coeff = torch.randn(2, 3, 6, 6), torch.randn(2, 4, 3, 3, 3), torch.rand(2, 2, 4)
-    bias = torch.randn(2, 4)
-    with torch.autocast("cpu", dtype=torch.bfloat16), awkernels.use_backend(backend):
+    device = backend_device(backend)
+    x, weight, coeff = (torch.randn(2, 3, 6, 6, device=device), torch.randn(2, 4, 3, 3, 3, device=device),
+                        torch.rand(2, 2, 4, device=device))
+    bias = torch.randn(2, 4, device=device)
+    with torch.autocast(device.type, dtype=torch.bfloat16), awkernels.use_backend(backend):
         y = awkernels.aw_conv2d(x, weight, coeff, bias, padding=1)
         static = torch.nn.functional.conv2d(x, weight[0], bias[0], padding=1)
     assert y.dtype == static.dtype == torch.bfloat16

@@ -7,7 +7,8 @@ import sys
 
 from conftest import REPO_ROOT
 
-ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # benchmarks never run interpreted
+# Benchmarks never run interpreted; and on CPU, also on a GPU machine (there scripts/gpu-check times them).
+ENV = {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, "CUDA_VISIBLE_DEVICES": ""}
 
 
 def _pytest(*args, timeout=900):
