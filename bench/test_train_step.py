@@ -24,8 +24,8 @@ VARIANTS = {  # name: (aw, banks, backend)
 }
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_pgd10_training_step(benchmark, variant):
+def make_step(variant: str):
+    """One PGD-10 training step of `variant` on a fixed batch, as a function returning the detached loss."""
     aw, banks, backend = VARIANTS[variant]
     model = awnet.models.build(MODEL, aw=aw, banks=banks).to(DEVICE).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -41,7 +41,11 @@ def test_pgd10_training_step(benchmark, variant):
         loss.backward()
         optimizer.step()
         return loss.detach()
+    return step
 
-    loss = measure(benchmark, step, impl=variant, model=MODEL, layer="train-step", case="pgd10",
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_pgd10_training_step(benchmark, variant):
+    loss = measure(benchmark, make_step(variant), impl=variant, model=MODEL, layer="train-step", case="pgd10",
                    dtype="bfloat16-autocast" if CUDA else "float32", batch=BATCH, **{"pass": "train-step"})
     assert torch.isfinite(loss)

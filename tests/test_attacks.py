@@ -228,3 +228,19 @@ def test_attacks_on_the_real_awnet(data):
         loss, _ = attacks.router_evasion_objective(weight)(model, x_in, y)
         grads.append(torch.autograd.grad(loss.sum(), x_in)[0])
     assert not torch.allclose(grads[0], grads[1])
+
+
+def test_a_training_attack_never_waits_for_the_device(data):
+    """PGD with one restart, as adversarial training runs it, makes no host-device sync (`.item()`, `bool()`
+    of a tensor): a profile of it on CPU records every scalar read as aten::_local_scalar_dense."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from awnet.models import build
+
+    _, (x, y) = data
+    model = build("smallcnn", aw=True).train()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        attacks.pgd(model, x[:8], y[:8], 0.3, 0.1, 2)
+        attacks.pgd(model, x[:8], y[:8], 0.3, 0.1, 2, restarts=2)  # may stop early: one sync allowed
+    reads = [e.count for e in prof.key_averages() if e.key == "aten::_local_scalar_dense"]
+    assert reads == [1], f"scalar reads in two PGD runs: {reads} (expected one, from the second's restart check)"

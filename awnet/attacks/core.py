@@ -129,11 +129,12 @@ def best_of_restarts(run: Callable[[], tuple[Tensor, Tensor]], x: Tensor, restar
     if restarts < 1:
         raise ValueError(f"restarts must be >= 1, got {restarts}")
     result, fooled = x, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    for _ in range(restarts):
+    for restart in range(restarts):
         x_adv, hit = run()
         result = torch.where(expand(~fooled, x), x_adv, result)
         fooled = fooled | hit
-        # One sync per restart (never per step): further restarts cannot change a batch that is all fooled.
-        if bool(fooled.all()):
+        # At most one sync per further restart (never per step, none with one restart, as in training):
+        # further restarts cannot change a batch that is all fooled.
+        if restart + 1 < restarts and bool(fooled.all()):
             break
     return result
