@@ -141,7 +141,7 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--evasion-weight", type=float, default=d.evasion_weight)
     p.add_argument("--deployed-weight", type=float, default=d.deployed_weight,
                    help="awnet recipe: weight of the distillation of the network as deployed (routed by its "
-                        "own router, eval mode)")
+                        "own router, not the true type)")
     p.add_argument("--banks", type=int, default=d.banks, choices=(1, 2))
     p.add_argument("--no-omega", dest="omega", action="store_false", help="two-bank AW-Net without omega")
     p.add_argument("--router-width", type=int, default=d.router_width)
@@ -184,12 +184,17 @@ def add_reproduce_parser(subparsers) -> None:
     p.add_argument("--model", default=None, help="architecture of all three (default: the dataset's)")
     p.add_argument("--standard-epochs", type=int, default=d.standard_epochs)
     p.add_argument("--robust-epochs", type=int, default=d.robust_epochs)
+    p.add_argument("--teacher-lr", type=float, default=d.teacher_lr, help="peak learning rate of the two teachers")
     p.add_argument("--awnet-epochs", type=int, default=d.awnet_epochs)
     p.add_argument("--awnet-init", default=d.awnet_init, choices=("robust", "none"),
                    help="start the AW-Net from the robust teacher's weights (robust) or from scratch (none)")
+    p.add_argument("--awnet-lr", type=float, default=d.awnet_lr)
+    p.add_argument("--awnet-deployed-weight", type=float, default=d.awnet_deployed_weight,
+                   help="weight of the AW-Net's self-routed distillation loss (train --deployed-weight)")
     p.add_argument("--n-train", type=int, default=None, help="train on N samples spread over the train split")
     p.add_argument("--val-n", type=int, default=d.val_n, help="held-out samples for the per-epoch log")
-    p.add_argument("--n-eval", type=int, default=None, help="evaluate on N test samples (default: all)")
+    p.add_argument("--n-eval", type=int, default=d.n_eval,
+                   help=f"evaluate on N test samples spread over the split (default {d.n_eval}; 0: all)")
     p.add_argument("--eval-steps", type=int, default=d.eval_steps,
                    help="steps of PGD, CW, router evasion and forced-path transfer")
     p.add_argument("--apgd-steps", type=int, default=d.apgd_steps)

@@ -1,7 +1,8 @@
 """Shared set-up of the benchmarks: the device, the timer, and what every result file records.
 
-GPU work is timed with triton.testing.do_bench (CUDA events, median), stored in extra_info["time_ms"];
-pytest-benchmark's own wall-clock statistics are the timing only on CPU.
+GPU work is timed with triton.testing.do_bench (CUDA events, median), stored in extra_info["time_ms"], and
+replayed from a CUDA graph (do_bench_cudagraph, median) in extra_info["graph_ms"]; pytest-benchmark's own
+wall-clock statistics are the timing only on CPU.
 """
 from __future__ import annotations
 
@@ -35,6 +36,13 @@ def measure(benchmark, fn, **info):
         torch.cuda.synchronize()
         benchmark.extra_info["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
         benchmark.extra_info["time_ms"] = triton.testing.do_bench(fn, return_mode="median")
+        # The same work replayed from a CUDA graph: device time without the host's launch and autograd
+        # overhead, which dominated the eager times of these small convolutions on an H100.
+        try:
+            benchmark.extra_info["graph_ms"] = triton.testing.do_bench_cudagraph(fn, return_mode="median")
+        except Exception as error:  # not capturable: recorded, and the report leaves the graph column empty
+            torch.cuda.synchronize()
+            benchmark.extra_info["graph_error"] = f"{type(error).__name__}: {error}"[:300]
         return benchmark.pedantic(fn, rounds=1, iterations=1)
     return benchmark(fn)
 

@@ -1,6 +1,7 @@
 """Ratios from one benchmark run: `python -m bench.report RESULTS.json [--markdown]`.
 
-Per layer shape, pass and dtype: each implementation's time, its ratio to the static convolution and to the
+Per layer shape, pass and dtype: each implementation's time (on a GPU eager or, with --timing graph,
+replayed from a CUDA graph), its ratio to the static convolution and to the
 reference backend, and the fraction of the shape's roofline bound it reaches (max(FLOPs / peak,
 bytes / bandwidth) on the device, from the peaks below); then the geometric means, and the end-to-end
 training step (images per second, peak memory, ratios to the static model).
@@ -23,10 +24,23 @@ def peaks_for(device: str) -> dict | None:
     return next((p for name, p in PEAKS.items() if name in device), None)
 
 
-def seconds(bench: dict) -> float:
-    """CUDA-event median on a GPU, pytest-benchmark's median on CPU."""
+TIMINGS = {"events": "time_ms", "graph": "graph_ms"}
+
+
+def seconds(bench: dict | None, timing: str = "events") -> float | None:
+    """On a GPU the CUDA-event median (eager: host overhead included) or the CUDA-graph replay median
+    (device time), by --timing; pytest-benchmark's median on CPU. None where this timing is missing."""
+    if bench is None:
+        return None
     info = bench["extra_info"]
-    return info["time_ms"] / 1e3 if "time_ms" in info else bench["stats"]["median"]
+    if "time_ms" not in info:
+        return bench["stats"]["median"]
+    value = info.get(TIMINGS[timing])
+    return value / 1e3 if value is not None else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
 
 
 def geomean(values):
@@ -41,7 +55,7 @@ def roofline_fraction(info: dict, time: float, peaks: dict | None) -> float | No
     return bound / time
 
 
-def conv_rows(benchmarks: list[dict], peaks: dict | None) -> list[dict]:
+def conv_rows(benchmarks: list[dict], peaks: dict | None, timing: str = "events") -> list[dict]:
     shapes = collections.defaultdict(dict)
     for bench in benchmarks:
         info = bench["extra_info"]
@@ -53,27 +67,30 @@ def conv_rows(benchmarks: list[dict], peaks: dict | None) -> list[dict]:
         for (impl, case), bench in impls.items():
             if impl == "static":
                 continue
-            time = seconds(bench)
-            reference = impls.get(("reference", case))
+            time, static_time = seconds(bench, timing), seconds(static, timing)
+            if time is None:
+                continue
             rows.append(dict(
                 model=model, layer=layer, pass_=pass_, dtype=dtype, impl=impl, case=case, ms=time * 1e3,
-                static_ms=seconds(static) * 1e3 if static else None,
-                vs_static=time / seconds(static) if static else None,
-                vs_reference=time / seconds(reference) if reference else None,
+                static_ms=static_time * 1e3 if static_time else None,
+                vs_static=_ratio(time, static_time),
+                vs_reference=_ratio(time, seconds(impls.get(("reference", case)), timing)),
                 roofline=roofline_fraction(bench["extra_info"], time, peaks)))
     return rows
 
 
-def train_rows(benchmarks: list[dict]) -> list[dict]:
+def train_rows(benchmarks: list[dict], timing: str = "events") -> list[dict]:
     steps = {b["extra_info"]["impl"]: b for b in benchmarks if b["extra_info"].get("pass") == "train-step"}
     static = steps.get("static")
     rows = []
     for impl, bench in steps.items():
-        info, time = bench["extra_info"], seconds(bench)
+        info, time = bench["extra_info"], seconds(bench, timing)
+        if time is None:
+            continue
         reference = steps.get(f"{impl}-reference") if not impl.endswith("reference") else None
         rows.append(dict(impl=impl, ms=time * 1e3, images_per_s=info["batch"] / time, peak_mb=info.get("peak_mb"),
-                         vs_static=time / seconds(static) if static else None,
-                         reference_vs_this=seconds(reference) / time if reference else None,
+                         vs_static=_ratio(time, seconds(static, timing)),
+                         reference_vs_this=_ratio(seconds(reference, timing), time),
                          memory_vs_static=(info["peak_mb"] / static["extra_info"]["peak_mb"]
                                            if static and info.get("peak_mb") else None)))
     return rows
@@ -91,12 +108,12 @@ def _table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
     return "\n".join("  ".join(str(c).rjust(w) for c, w in zip(r, widths)) for r in [header, *rows])
 
 
-def report(results: dict, markdown: bool = False) -> str:
+def report(results: dict, markdown: bool = False, timing: str = "events") -> str:
     device = results.get("awnet", {}).get("device", "unknown device")
     peaks = peaks_for(device)
-    conv = conv_rows(results["benchmarks"], peaks)
+    conv = conv_rows(results["benchmarks"], peaks, timing)
     out = [f"device: {device}; commit {results.get('awnet', {}).get('commit')}; "
-           f"versions {results.get('awnet', {}).get('versions')}"
+           f"versions {results.get('awnet', {}).get('versions')}; GPU timing: {timing}"
            + ("" if peaks else "; no roofline peaks known for this device")]
     if conv:
         out.append("\nPer shape (time in ms; ratios < 1 are faster than the static conv / the reference):")
@@ -116,7 +133,7 @@ def report(results: dict, markdown: bool = False) -> str:
             [[*key, _fmt(geomean(r["vs_static"] for r in rows)), _fmt(geomean(r["vs_reference"] for r in rows)),
               _fmt(geomean(r["roofline"] for r in rows))] for key, rows in sorted(groups.items())],
             markdown))
-    train = train_rows(results["benchmarks"])
+    train = train_rows(results["benchmarks"], timing)
     if train:
         out.append("\nPGD-10 adversarial-training step:")
         out.append(_table(
@@ -124,6 +141,8 @@ def report(results: dict, markdown: bool = False) -> str:
             [[r["impl"], _fmt(r["ms"], ".1f"), _fmt(r["images_per_s"], ".1f"), _fmt(r["peak_mb"], ".0f"),
               _fmt(r["vs_static"]), _fmt(r["reference_vs_this"]), _fmt(r["memory_vs_static"])] for r in train],
             markdown))
+    if not conv and not train:
+        out.append(f"no results timed with {timing!r} in this file")
     return "\n".join(out)
 
 
@@ -131,9 +150,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", help="a pytest-benchmark JSON file written by pytest bench/")
     parser.add_argument("--markdown", action="store_true", help="markdown tables (for the README)")
+    parser.add_argument("--timing", choices=TIMINGS, default="events",
+                        help="GPU times: eager CUDA-event medians (default) or CUDA-graph replays (device time)")
     args = parser.parse_args(argv)
     with open(args.results) as f:
-        print(report(json.load(f), markdown=args.markdown))
+        print(report(json.load(f), markdown=args.markdown, timing=args.timing))
 
 
 if __name__ == "__main__":

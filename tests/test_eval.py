@@ -71,11 +71,13 @@ def test_masking_checks_pass_on_robust_and_fail_on_masked_model(robust, standard
     x, y = x[::2], y[::2]  # 500 digits, 50 per class
     torch.manual_seed(0)
     robust_checks = gradient_masking_checks(robust, x, y, eps=0.1, steps=10)
+    standard_checks = gradient_masking_checks(standard, x, y, eps=0.1, steps=10)
     masked_checks = gradient_masking_checks(Rounded(standard), x, y, eps=0.1, steps=10)
-    for label, checks in (("robust", robust_checks), ("masked", masked_checks)):
+    for label, checks in (("robust", robust_checks), ("standard", standard_checks), ("masked", masked_checks)):
         for c in checks:
             print(f"{label}: {c['name']}: {'pass' if c['passed'] else 'FAIL'} {c['detail']}")
     assert len(robust_checks) == 4 and all(c["passed"] for c in robust_checks)
+    assert all(c["passed"] for c in standard_checks), "an undefended model has nothing to mask"
     by_name = {c["name"]: c for c in masked_checks}
     large = by_name["robust accuracy ~0 at eps=1"]
     assert not large["passed"] and large["detail"]["robust_accuracy"] > 0.1

@@ -18,7 +18,7 @@ SCRIPT = os.path.join(REPO_ROOT, "scripts", "gpu-check")
 STEPS = ["environment", "install", "tests",
          *(f"parity-{backend}-{dtype}" for backend in ("triton", "cuda")
            for dtype in ("float32", "tf32", "float16", "bfloat16")),
-         "sanitizer", "bench", "bench-report"]
+         "sanitizer", "bench", "profile", "bench-report"]
 
 
 def _gpu_check() -> dict:

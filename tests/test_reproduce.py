@@ -9,7 +9,7 @@ import pytest
 
 import awnet
 from awnet import cli
-from awnet.train.reproduce import MODELS, format_tradeoff, target
+from awnet.train.reproduce import MODELS, ReproduceConfig, format_tradeoff, target
 from mnist_models import one_thread  # noqa: F401 (fixture)
 
 TINY = ["--standard-epochs", "1", "--robust-epochs", "1", "--awnet-epochs", "1", "--n-train", "200", "--val-n", "20",
@@ -44,6 +44,10 @@ def test_report_structure(run):
     configs = report["train_configs"]
     assert [configs[n]["recipe"] for n in MODELS] == ["standard", "pgd-at", "awnet"]
     assert configs["awnet"]["robust_teacher"] == configs["awnet"]["init"]  # the AW-Net starts from PGD-AT
+    defaults = ReproduceConfig()
+    assert (configs["awnet"]["lr"], configs["awnet"]["deployed_weight"], configs["awnet"]["eps_ramp"]) == \
+        (defaults.awnet_lr, defaults.awnet_deployed_weight, 0.0), "fine-tuned from the robust start, no eps ramp"
+    assert configs["standard"]["lr"] == configs["pgd-at"]["lr"] == defaults.teacher_lr
     assert {configs[n]["model"] for n in MODELS} == {"smallcnn"}, "one architecture for all three"
     assert set(report["time"]["train_seconds"]) == set(MODELS)
 

@@ -59,7 +59,7 @@ class TrainConfig:
     type_weight: float = 1.0
     evasion_fraction: float = 0.5
     evasion_weight: float = 1.0
-    deployed_weight: float = 0.0  # awnet recipe: weight of the distillation loss of the network as deployed
+    deployed_weight: float = 0.0  # awnet recipe: weight of the distillation of the self-routed network
     banks: int = 1
     omega: bool = True
     router_width: int = 64

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from ..attacks import pgd, router_evasion
 from ..attacks.core import input_grad, project
+from ..nn import MixBatchNorm2d
 
 Stats = dict[str, Tensor]
 
@@ -98,6 +99,20 @@ def eval_mode(net: nn.Module) -> Iterator[None]:
         yield
     finally:
         net.train()
+
+
+@contextmanager
+def frozen_statistics(net: nn.Module) -> Iterator[None]:
+    """`net`'s batch norms normalise with batch statistics but leave their running statistics unchanged."""
+    norms = [m for m in net.modules() if isinstance(m, (MixBatchNorm2d, nn.modules.batchnorm._BatchNorm))]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
 
 
 def _accuracy(logits: Tensor, y: Tensor) -> Tensor:
@@ -188,9 +203,10 @@ def awnet_mtard(ctx: RecipeContext, x: Tensor, y: Tensor) -> tuple[Tensor, Stats
     w_nat, w_adv = ctx.mtard.update(loss_nat, loss_adv)
     loss = w_nat * loss_nat + w_adv * loss_adv + ctx.type_weight * type_loss
     if ctx.deployed_weight:
-        # The network as deployed (eval mode, routed by its own router) distils from the same teachers: an
-        # input the router misroutes still has to come out right, which is what an adaptive attack tests.
-        with eval_mode(ctx.net):
+        # The network as deployed, routed by its own router (MixBN mixed by p_type), distils from the same
+        # teachers: a misrouted or ambiguous input must still come out right, which is what adaptive
+        # attacks test. Batch statistics as in any training pass; the running ones stay the forced pass's.
+        with frozen_statistics(ctx.net):
             deployed = ctx.model(torch.cat([x, x_adv]))
         loss_deployed = (w_nat * distill(deployed[:len(x)], teacher_clean, ctx.temperature)
                          + w_adv * distill(deployed[len(x):], teacher_adv, ctx.temperature))

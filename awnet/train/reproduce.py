@@ -38,13 +38,16 @@ class ReproduceConfig:
     out: str = "runs/reproduce"
     data_dir: Optional[str] = None
     model: Optional[str] = None  # default: the dataset's
-    standard_epochs: int = 20
-    robust_epochs: int = 20
-    awnet_epochs: int = 10
+    standard_epochs: int = 10
+    robust_epochs: int = 18
+    teacher_lr: float = 0.1  # peak SGD learning rate of the standard and PGD-AT runs
+    awnet_epochs: int = 4
     awnet_init: str = "robust"  # "robust": the AW-Net starts from the robust teacher's weights; "none": fresh
+    awnet_lr: float = 0.02  # fine-tuning from the robust teacher: below the teachers' 0.05
+    awnet_deployed_weight: float = 1.0  # TrainConfig.deployed_weight: the self-routed network is trained too
     n_train: Optional[int] = None  # None: the whole train split
     val_n: int = 200  # held-out samples for the per-epoch log
-    n_eval: Optional[int] = None  # None: the whole test split
+    n_eval: Optional[int] = 400  # test samples, spread evenly (40 per class on mnist5k); None: the whole split
     eval_steps: int = 40  # PGD, CW, router-evasion and forced-path steps (step 2.5 eps / steps)
     apgd_steps: int = 100
     restarts: int = 1
@@ -62,11 +65,16 @@ def train_configs(config: ReproduceConfig) -> dict[str, TrainConfig]:
     folder = {name: os.path.join(config.out, name) for name in MODELS}
     teacher = {name: os.path.join(folder[name], MODEL) for name in ("standard", "pgd-at")}
     return {
-        "standard": replace(common, recipe="standard", epochs=config.standard_epochs, out=folder["standard"]),
-        "pgd-at": replace(common, recipe="pgd-at", epochs=config.robust_epochs, out=folder["pgd-at"]),
+        "standard": replace(common, recipe="standard", epochs=config.standard_epochs, lr=config.teacher_lr,
+                            out=folder["standard"]),
+        "pgd-at": replace(common, recipe="pgd-at", epochs=config.robust_epochs, lr=config.teacher_lr,
+                          out=folder["pgd-at"]),
         "awnet": replace(common, recipe="awnet", epochs=config.awnet_epochs, out=folder["awnet"],
                          clean_teacher=teacher["standard"], robust_teacher=teacher["pgd-at"],
-                         init=teacher["pgd-at"] if config.awnet_init == "robust" else None),
+                         lr=config.awnet_lr, deployed_weight=config.awnet_deployed_weight,
+                         # A robust start needs no eps ramp; a fresh one does.
+                         init=teacher["pgd-at"] if config.awnet_init == "robust" else None,
+                         eps_ramp=0.0 if config.awnet_init == "robust" else common.eps_ramp),
     }
 
 
@@ -135,7 +143,7 @@ def reproduce(config: ReproduceConfig) -> dict[str, Any]:
         train_seconds[name] = sum(row["seconds"] for row in history)
 
     eps = DATASETS[config.dataset].eps
-    x, y = spread(*load_dataset(config.dataset, "test", config.data_dir), config.n_eval)
+    x, y = spread(*load_dataset(config.dataset, "test", config.data_dir), config.n_eval or None)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     nets = {name: model_files.load(os.path.join(run.out, MODEL), device) for name, run in runs.items()}
     models, eval_seconds = {}, {}
