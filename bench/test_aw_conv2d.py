@@ -71,10 +71,8 @@ def flops_and_bytes(shape, banks, impl, pass_, element_size):
     return 3 * conv, element_size * (forward + 2 * y + 2 * x + w)  # attack: dx and dcoeff
 
 
-@pytest.mark.parametrize("dtype,pass_", SETTINGS, ids=[f"{d}-{p}" for d, p in SETTINGS])
-@pytest.mark.parametrize("impl,case", IMPLS, ids=[f"{i}-{c}" for i, c in IMPLS])
-@pytest.mark.parametrize("model,shape", SHAPES, ids=[f"{m}-{s.layer}" for m, s in SHAPES])
-def test_conv(benchmark, model, shape, impl, case, dtype, pass_):
+def make_conv_step(shape, impl: str, case: str, dtype: str, pass_: str):
+    """One benchmark's work as a function of no arguments, and the benchmark's extra_info."""
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
     banks, filter_level = CASES.get(case, (1, True))
     kind = dict(device=DEVICE, dtype=DTYPES[dtype])
@@ -100,6 +98,15 @@ def test_conv(benchmark, model, shape, impl, case, dtype, pass_):
         return torch.autograd.grad(op(*inputs, *args), wrt, grad_y)
 
     flops, traffic = flops_and_bytes(shape, banks, impl, pass_, x.element_size())
-    result = measure(benchmark, step, impl=impl, model=model, layer=shape.layer, case=case, dtype=dtype,
-                     flops=flops, bytes=traffic, batch=BATCH, **{"pass": pass_})
+    info = dict(impl=impl, layer=shape.layer, case=case, dtype=dtype, flops=flops, bytes=traffic, batch=BATCH,
+                **{"pass": pass_})
+    return step, info
+
+
+@pytest.mark.parametrize("dtype,pass_", SETTINGS, ids=[f"{d}-{p}" for d, p in SETTINGS])
+@pytest.mark.parametrize("impl,case", IMPLS, ids=[f"{i}-{c}" for i, c in IMPLS])
+@pytest.mark.parametrize("model,shape", SHAPES, ids=[f"{m}-{s.layer}" for m, s in SHAPES])
+def test_conv(benchmark, model, shape, impl, case, dtype, pass_):
+    step, info = make_conv_step(shape, impl, case, dtype, pass_)
+    result = measure(benchmark, step, model=model, **info)
     assert all(torch.isfinite(r).all() for r in (result if isinstance(result, tuple) else (result,)))

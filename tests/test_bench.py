@@ -40,3 +40,23 @@ def test_results_file_and_report(tmp_path):
     assert any(line.split()[:5] == ["resnet18", "layer4", "fwdbwd", "float32", "cpp"] for line in lines), report.stdout
     assert "Geometric means" in report.stdout and "PGD-10 adversarial-training step" in report.stdout
     assert any(line.split()[0] == "awnet-banks1" for line in lines if line.strip())
+
+
+def test_training_step_rounds_time_the_same_work():
+    """Each round restores the state the model had after its warm-up update, so every round computes the
+    same loss from the same random start: without the restore, one round's update changes the next."""
+    code = ("import torch\nfrom bench.test_train_step import make_step\n"
+            "for variant in ('static', 'awnet-banks2'):\n"
+            "    step = make_step(variant)\n"
+            "    losses = [float((torch.manual_seed(0), step())[1]) for _ in range(3)]\n"
+            "    assert losses[0] == losses[1] == losses[2], (variant, losses)\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=ENV, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_numbers_do_not_depend_on_order():
+    """A short benchmark timed alone and after the suite's heaviest ones, in one process, within 25%."""
+    run = subprocess.run([sys.executable, "-m", "bench.order_effect", "--rounds", "9", "--tolerance", "0.25"],
+                         cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    assert "ratio" in run.stdout
