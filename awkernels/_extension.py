@@ -87,25 +87,37 @@ def _grads(x: torch.Tensor, others, output_mask) -> tuple:
 
 if _library is not None:
 
-    @torch.library.register_fake("awnet::aw_conv2d")
-    def _aw_conv2d_fake(x, weight, coeff, bias, stride, padding, dilation, groups):
-        sizes = [x.shape[0], weight.shape[1]]
+    def _conv_output(x, weight, stride, padding, dilation, channels):
+        sizes = [x.shape[0], channels]
         for i in range(2):
             k = weight.shape[3 + i]
             sizes.append((x.shape[2 + i] + 2 * padding[i] - dilation[i] * (k - 1) - 1) // stride[i] + 1)
-        # The C++ op writes y in x's suggested memory format.
+        # The C++ op writes its outputs in x's suggested memory format.
         return torch.empty(sizes, dtype=x.dtype, device=x.device, memory_format=suggest_memory_format(x))
 
+    @torch.library.register_fake("awnet::aw_conv2d")
+    def _aw_conv2d_fake(x, weight, coeff, bias, stride, padding, dilation, groups):
+        return _conv_output(x, weight, stride, padding, dilation, weight.shape[1])
+
+    @torch.library.register_fake("awnet::aw_conv2d_forward")
+    def _aw_conv2d_forward_fake(x, weight, coeff, bias, stride, padding, dilation, groups):
+        return (_conv_output(x, weight, stride, padding, dilation, weight.shape[1]),
+                _conv_output(x, weight, stride, padding, dilation, weight.shape[0] * weight.shape[1]))
+
     @torch.library.register_fake("awnet::aw_conv2d_backward")
-    def _aw_conv2d_backward_fake(grad_y, x, weight, coeff, bias, stride, padding, dilation, groups, output_mask):
+    def _aw_conv2d_backward_fake(grad_y, x, weight, coeff, bias, saved, stride, padding, dilation, groups,
+                                 output_mask):
         return _grads(x, (weight, coeff, bias), output_mask)
 
     @torch.library.register_fake("awnet::mix_batch_norm")
     def _mix_batch_norm_fake(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps):
         acc = torch.promote_types(x.dtype, torch.float32)
         stats = x.new_empty(weight.shape, dtype=acc)
-        return torch.empty_like(x), stats, torch.empty_like(stats)
+        moments = x.new_empty(x.shape[:2] if training else (0,), dtype=acc)
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=suggest_memory_format(x))
+        return y, stats, torch.empty_like(stats), moments, torch.empty_like(moments)
 
     @torch.library.register_fake("awnet::mix_batch_norm_backward")
-    def _mix_batch_norm_backward_fake(grad_y, x, coeff, weight, bias, mean, invstd, training, eps, output_mask):
+    def _mix_batch_norm_backward_fake(grad_y, x, coeff, weight, bias, mean, invstd, sample_mean, sample_var,
+                                      training, eps, output_mask):
         return _grads(x, (coeff, weight, bias), output_mask)

@@ -24,18 +24,25 @@ struct NoAutocast {
 Tensor aw_conv2d(const Tensor& x, const Tensor& weight, const Tensor& coeff, const std::optional<Tensor>& bias,
                  IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups);
 
+// y and what the backward reads: the bank outputs (B, K * C_out, H_out, W_out).
+std::tuple<Tensor, Tensor> aw_conv2d_forward(const Tensor& x, const Tensor& weight, const Tensor& coeff,
+                                             const std::optional<Tensor>& bias, IntArrayRef stride,
+                                             IntArrayRef padding, IntArrayRef dilation, int64_t groups);
+
 std::tuple<Tensor, Tensor, Tensor, Tensor> aw_conv2d_backward(
     const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& coeff,
-    const std::optional<Tensor>& bias, IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
-    int64_t groups, std::array<bool, 4> output_mask);
+    const std::optional<Tensor>& bias, const Tensor& saved, IntArrayRef stride, IntArrayRef padding,
+    IntArrayRef dilation, int64_t groups, std::array<bool, 4> output_mask);
 
-std::tuple<Tensor, Tensor, Tensor> mix_batch_norm(
+// y, the banks' (K, C) mean and invstd, and the (B, C) per-sample moments (training; else empty).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mix_batch_norm(
     const Tensor& x, const Tensor& coeff, const Tensor& weight, const Tensor& bias, Tensor& running_mean,
     Tensor& running_var, bool training, double momentum, double eps);
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> mix_batch_norm_backward(
     const Tensor& grad_y, const Tensor& x, const Tensor& coeff, const Tensor& weight, const Tensor& bias,
-    const Tensor& mean, const Tensor& invstd, bool training, double eps, std::array<bool, 4> output_mask);
+    const Tensor& mean, const Tensor& invstd, const Tensor& sample_mean, const Tensor& sample_var, bool training,
+    double eps, std::array<bool, 4> output_mask);
 
 // Banks stacked along the output channels, group-major, so that one grouped convolution computes every
 // bank: bank k's filter o sits at stacked channel (o / Cg) * K * Cg + k * Cg + o % Cg, Cg = C_out / groups.
@@ -72,8 +79,21 @@ using MixBanks = void(const Tensor& banks, const Tensor& a, const Tensor& bias_b
 using BankGrads = void(const Tensor& dy, const Tensor& banks, const Tensor& a, int64_t groups, bool channels_last,
                        Tensor& dy_banks, Tensor& da, Tensor& dy_sum);
 
-// MixBN backward (mix_batch_norm.cpp): x and dy (B, C, H, W) in any layout, the (B, C) tensors in the
-// accumulation type.
+// MixBN (mix_batch_norm.cpp). The finalize steps between its passes (mix_batch_norm_finalize.h states
+// them): every tensor dense and in the accumulation type; w (B, K), the (B, C) per-sample moments
+// (training only, else empty), the (K, C) parameters and running statistics (updated in training).
+using BnFinalize = void(const Tensor& w, const Tensor& sample_mean, const Tensor& sample_var, const Tensor& gamma,
+                        const Tensor& beta, Tensor& running_mean, Tensor& running_var, bool training,
+                        double momentum, double eps, int64_t pixels, Tensor& mean, Tensor& invstd, Tensor& scale,
+                        Tensor& shift);
+// dcoeff (B, K) undefined when not needed.
+using BnFinalizeBackward = void(const Tensor& w, const Tensor& dy_sum, const Tensor& dy_x_sum, const Tensor& mean,
+                                const Tensor& invstd, const Tensor& gamma, const Tensor& beta,
+                                const Tensor& sample_mean, const Tensor& sample_var, bool training, double eps,
+                                int64_t pixels, Tensor& dgamma, Tensor& dbeta, Tensor& dcoeff, Tensor& scale_dy,
+                                Tensor& scale_x, Tensor& shift);
+// The passes over the pixels: x and dy (B, C, H, W) in any layout, the (B, C) tensors in the accumulation
+// type.
 // One pass over dy and x: (sum_p dy[b,c,p], sum_p dy[b,c,p] * x[b,c,p]).
 using BnGradSums = std::tuple<Tensor, Tensor>(const Tensor& dy, const Tensor& x);
 // One pass: dx = scale_dy[b,c] * dy + scale_x[b,c] * x + shift[b,c], in x's suggested memory format.
@@ -83,6 +103,8 @@ using BnGradInput = Tensor(const Tensor& dy, const Tensor& x, const Tensor& scal
 struct DeviceKernels {
   MixBanks* mix_banks;
   BankGrads* bank_grads;
+  BnFinalize* bn_finalize;
+  BnFinalizeBackward* bn_finalize_backward;
   BnGradSums* bn_grad_sums;
   BnGradInput* bn_grad_input;
 };
@@ -90,6 +112,8 @@ struct DeviceKernels {
 namespace cpu {
 MixBanks mix_banks;
 BankGrads bank_grads;
+BnFinalize bn_finalize;
+BnFinalizeBackward bn_finalize_backward;
 BnGradSums bn_grad_sums;
 BnGradInput bn_grad_input;
 }  // namespace cpu
@@ -98,6 +122,8 @@ BnGradInput bn_grad_input;
 namespace cuda {
 MixBanks mix_banks;
 BankGrads bank_grads;
+BnFinalize bn_finalize;
+BnFinalizeBackward bn_finalize_backward;
 BnGradSums bn_grad_sums;
 BnGradInput bn_grad_input;
 }  // namespace cuda
@@ -106,10 +132,11 @@ BnGradInput bn_grad_input;
 // The kernels for `t`'s device. The CUDA ops are registered only when the CUDA part is built, so a CUDA
 // tensor reaches here only then.
 inline const DeviceKernels& kernels_for(const Tensor& t) {
-  static constexpr DeviceKernels cpu_kernels{cpu::mix_banks, cpu::bank_grads, cpu::bn_grad_sums, cpu::bn_grad_input};
+  static constexpr DeviceKernels cpu_kernels{cpu::mix_banks,   cpu::bank_grads,           cpu::bn_finalize,
+                                             cpu::bn_finalize_backward, cpu::bn_grad_sums, cpu::bn_grad_input};
 #ifdef AWNET_WITH_CUDA
-  static constexpr DeviceKernels cuda_kernels{cuda::mix_banks, cuda::bank_grads, cuda::bn_grad_sums,
-                                              cuda::bn_grad_input};
+  static constexpr DeviceKernels cuda_kernels{cuda::mix_banks,   cuda::bank_grads,           cuda::bn_finalize,
+                                              cuda::bn_finalize_backward, cuda::bn_grad_sums, cuda::bn_grad_input};
   if (t.is_cuda()) return cuda_kernels;
 #endif
   return cpu_kernels;

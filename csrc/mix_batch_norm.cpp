@@ -1,8 +1,10 @@
-// mix_batch_norm: K batch norms mixed per sample. Every bank's statistics come from per-(sample, channel)
-// moments, and the output is one per-(sample, channel) affine map y = A[b,c] * x + B[b,c]
-// with A = sum_k coeff[b,k] gamma_k invstd_k and B = sum_k coeff[b,k] (beta_k - gamma_k mu_k invstd_k).
-// The backward is the same shape: dx = A dy + C1 x + C0, with C1 and C0 per (sample, channel); its two
-// passes over the pixels (the sums of dy and dy * x, then dx) are per-device kernels (cpu/ or cuda/).
+// mix_batch_norm: K batch norms mixed per sample, in three passes per direction. Every bank's statistics
+// come from per-(sample, channel) moments, and the output is one per-(sample, channel) affine map
+// y = A[b,c] * x + B[b,c] with A = sum_k coeff[b,k] gamma_k invstd_k and
+// B = sum_k coeff[b,k] (beta_k - gamma_k mu_k invstd_k). Forward: the moments (one pass over x), a finalize
+// kernel over the (K, C) and (B, C) statistics, the affine pass. Backward: the sums of dy and dy * x (one
+// pass), a finalize kernel (parameter and coefficient gradients, dx's map dx = A dy + C1 x + C0), the dx
+// pass. The forward returns the per-sample moments so the backward never reads x for them again.
 #include "awnet.h"
 
 #include <ATen/ATen.h>
@@ -12,104 +14,101 @@
 namespace awnet {
 namespace {
 
-struct Moments {
-  Tensor mean, var;  // per (sample, channel), biased, in the accumulation type
-};
-
-// Welford moments per (sample, channel); a bank's centred second moment follows by the parallel-axis
-// rule, so no pass over x ever subtracts two large sums. var_mean returns x's dtype, so a half x is
-// upcast first: moments rounded to half put 1e-4 (fp16) to 2e-3 (bf16) errors in the statistics and in
-// dgamma (seen on an H100).
-Moments moments(const Tensor& x, at::ScalarType acc) {
-  auto [var, mean] = at::var_mean(x.to(acc), {2, 3}, /*correction=*/0, /*keepdim=*/false);
-  return {mean, var};
+// Every tensor the kernels index, checked before they do: a bad call of torch.ops.awnet.* raises instead of
+// reading out of bounds.
+void check_args(const Tensor& x, const Tensor& coeff, const Tensor& weight, const Tensor& bias, const Tensor& stat_a,
+                const Tensor& stat_b, double eps) {
+  TORCH_CHECK_VALUE(x.dim() == 4, "awnet::mix_batch_norm: x must be (B, C, H, W), got ", x.sizes());
+  TORCH_CHECK_VALUE(coeff.dim() == 2 && coeff.size(0) == x.size(0),
+                    "awnet::mix_batch_norm: coeff must be (B, K) with B = ", x.size(0), ", got ", coeff.sizes());
+  const std::array<int64_t, 2> bank_shape{coeff.size(1), x.size(1)};
+  for (const auto* t : {&weight, &bias, &stat_a, &stat_b})
+    TORCH_CHECK_VALUE(t->sizes() == at::IntArrayRef(bank_shape), "awnet::mix_batch_norm: parameters and statistics "
+                      "must be (K, C) = ", at::IntArrayRef(bank_shape), ", got ", t->sizes());
+  for (const auto* t : {&coeff, &weight, &bias, &stat_a, &stat_b}) {
+    TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()), "awnet::mix_batch_norm: expected floating tensors, got ",
+                     t->scalar_type());
+    TORCH_CHECK_VALUE(t->device() == x.device(), "awnet::mix_batch_norm: every tensor must be on ", x.device());
+  }
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "awnet::mix_batch_norm: x must be floating, got ",
+                   x.scalar_type());
+  TORCH_CHECK_VALUE(eps > 0, "awnet::mix_batch_norm: eps must be positive, got ", eps);
 }
 
-// sum_p (x[b,c,p] - mu[k,c])^2 as (B, K, C).
-Tensor centred_second_moment(const Moments& m, const Tensor& mu, int64_t pixels) {
-  const auto shift = m.mean.unsqueeze(1) - mu.unsqueeze(0);
-  return (m.var.unsqueeze(1) + shift * shift) * static_cast<double>(pixels);
-}
-
-// Banks that normalise with batch statistics in training: those with nonzero total weight.
-Tensor batch_banks(const Tensor& w, int64_t pixels) {
-  return w.sum(0).mul(static_cast<double>(pixels));
-}
-
-Tensor affine(const Tensor& x, const Tensor& scale, const Tensor& shift) {
-  const auto b = x.size(0), c = x.size(1);
-  auto y = at::empty_like(x);
-  at::addcmul_out(y, shift.view({b, c, 1, 1}), x, scale.view({b, c, 1, 1}));
-  return y;
+Tensor dense_acc(const Tensor& t, at::ScalarType acc) {
+  return t.to(acc).contiguous();  // no copy when t already is
 }
 
 }  // namespace
 
-std::tuple<Tensor, Tensor, Tensor> mix_batch_norm(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mix_batch_norm(
     const Tensor& x, const Tensor& coeff, const Tensor& weight, const Tensor& bias, Tensor& running_mean,
     Tensor& running_var, bool training, double momentum, double eps) {
   const NoAutocast no_autocast;
-  TORCH_CHECK(x.dim() == 4 && coeff.dim() == 2 && coeff.size(0) == x.size(0) && weight.dim() == 2 &&
-                  weight.size(0) == coeff.size(1) && weight.size(1) == x.size(1),
-              "awnet::mix_batch_norm: expected x (B, C, H, W), coeff (B, K) and parameters (K, C)");
+  check_args(x, coeff, weight, bias, running_mean, running_var, eps);
+  TORCH_CHECK_VALUE(momentum >= 0 && momentum <= 1, "awnet::mix_batch_norm: momentum must be in [0, 1], got ",
+                    momentum);
   const auto acc = at::toOpMathType(x.scalar_type());
-  const auto pixels = x.size(2) * x.size(3);
-  const auto w = coeff.to(acc);
-  // Copies: the op's outputs must not alias the running statistics it updates.
-  Tensor mean = running_mean.to(acc, false, true), var = running_var.to(acc, false, true);
+  const auto w = dense_acc(coeff, acc), gamma = dense_acc(weight, acc), beta = dense_acc(bias, acc);
+  Tensor sample_mean = w.new_empty({0}), sample_var = w.new_empty({0});
   if (training) {
-    const auto m = moments(x, acc);
-    const auto count = batch_banks(w, pixels);
-    const auto used = count.ne(0).unsqueeze(1);
-    const auto safe = at::where(count.ne(0), count, at::ones_like(count)).unsqueeze(1);
-    const auto batch_mean = at::mm(w.t(), m.mean).mul(static_cast<double>(pixels)).div(safe);
-    const auto batch_var = (w.unsqueeze(2) * centred_second_moment(m, batch_mean, pixels)).sum(0).div(safe);
-    const auto unbias = at::where(count.gt(1), count / (count - 1), at::ones_like(count)).unsqueeze(1);
-    running_mean.copy_(at::where(used, mean * (1 - momentum) + batch_mean * momentum, mean));
-    running_var.copy_(at::where(used, var * (1 - momentum) + batch_var * unbias * momentum, var));
-    mean = at::where(used, batch_mean, mean);
-    var = at::where(used, batch_var, var);
+    // Pass 1: the per-(sample, channel) moments (Welford; a half x is upcast first, since var_mean returns
+    // x's dtype and moments rounded to half put 1e-4..2e-3 errors in the statistics, seen on an H100).
+    auto [var, mean] = at::var_mean(x.to(acc), {2, 3}, /*correction=*/0, /*keepdim=*/false);
+    sample_mean = mean.contiguous();
+    sample_var = var.contiguous();
   }
-  const auto invstd = (var + eps).rsqrt();
-  const auto scale = weight.to(acc) * invstd;
-  const auto shift = bias.to(acc) - mean * scale;
-  return {affine(x, at::mm(w, scale), at::mm(w, shift)), mean, invstd};
+  // The finalize works on the running statistics in place when they are dense and in the accumulation type.
+  auto run_mean = dense_acc(running_mean, acc), run_var = dense_acc(running_var, acc);
+  const auto bank_options = w.options();
+  auto mean = at::empty(weight.sizes(), bank_options), invstd = at::empty(weight.sizes(), bank_options);
+  auto scale = at::empty({x.size(0), x.size(1)}, bank_options), shift = at::empty_like(scale);
+  // Pass 2: the bank statistics, the running statistics and the per-(sample, channel) affine map.
+  kernels_for(x).bn_finalize(w, sample_mean, sample_var, gamma, beta, run_mean, run_var, training, momentum, eps,
+                             x.size(2) * x.size(3), mean, invstd, scale, shift);
+  if (training && !run_mean.is_same(running_mean)) running_mean.copy_(run_mean);
+  if (training && !run_var.is_same(running_var)) running_var.copy_(run_var);
+  // Pass 3: y = scale * x + shift.
+  auto y = at::empty(x.sizes(), x.options().memory_format(x.suggest_memory_format()));
+  const auto b = x.size(0), c = x.size(1);
+  at::addcmul_out(y, shift.view({b, c, 1, 1}), x, scale.view({b, c, 1, 1}));
+  return {y, mean, invstd, sample_mean, sample_var};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> mix_batch_norm_backward(
     const Tensor& grad_y, const Tensor& x, const Tensor& coeff, const Tensor& weight, const Tensor& bias,
-    const Tensor& mean, const Tensor& invstd, bool training, double eps, std::array<bool, 4> output_mask) {
+    const Tensor& mean, const Tensor& invstd, const Tensor& sample_mean, const Tensor& sample_var, bool training,
+    double eps, std::array<bool, 4> output_mask) {
   const NoAutocast no_autocast;
-  const auto [need_x, need_coeff, need_weight, need_bias] = output_mask;
+  check_args(x, coeff, weight, bias, mean, invstd, eps);
+  TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type() &&
+                        grad_y.device() == x.device(),
+                    "awnet::mix_batch_norm_backward: grad_y must be like x ", x.sizes(), ", got ", grad_y.sizes());
   const auto acc = at::toOpMathType(x.scalar_type());
-  const auto pixels = x.size(2) * x.size(3);
-  const auto w = coeff.to(acc), gamma = weight.to(acc), beta = bias.to(acc);
+  const std::array<int64_t, 2> sample_shape{x.size(0), x.size(1)};
+  if (training)
+    for (const auto* t : {&sample_mean, &sample_var})
+      TORCH_CHECK_VALUE(t->sizes() == at::IntArrayRef(sample_shape) && t->scalar_type() == acc,
+                        "awnet::mix_batch_norm_backward: the per-sample moments must be (B, C) = ",
+                        at::IntArrayRef(sample_shape), " in ", acc);
+  TORCH_CHECK_VALUE(mean.scalar_type() == acc && invstd.scalar_type() == acc,
+                    "awnet::mix_batch_norm_backward: mean and invstd must be in ", acc);
+  const auto [need_x, need_coeff, need_weight, need_bias] = output_mask;
+  const auto w = dense_acc(coeff, acc), gamma = dense_acc(weight, acc), beta = dense_acc(bias, acc);
   const auto& kernels = kernels_for(x);
-  const auto [dy_sum, dy_x_sum] = kernels.bn_grad_sums(grad_y, x);              // (B, C) each
-  // sum_p dy * xhat_k per (sample, bank, channel)
-  const auto dy_xhat = invstd.unsqueeze(0) * (dy_x_sum.unsqueeze(1) - mean.unsqueeze(0) * dy_sum.unsqueeze(1));
-  const auto dgamma = (w.unsqueeze(2) * dy_xhat).sum(0);                         // (K, C)
-  const auto dbeta = at::mm(w.t(), dy_sum);                                     // (K, C)
-  auto dcoeff = (gamma.unsqueeze(0) * dy_xhat + beta.unsqueeze(0) * dy_sum.unsqueeze(1)).sum(2);  // (B, K)
-  auto scale_x = at::zeros_like(dy_sum), shift = at::zeros_like(dy_sum);
-  if (training) {
-    // Banks on batch statistics also pass gradient through their mean and variance.
-    const auto count = batch_banks(w, pixels);
-    const auto per_count = at::where(count.ne(0), count.reciprocal(), at::zeros_like(count)).unsqueeze(1);
-    const auto s1 = gamma * dbeta, s2 = gamma * dgamma;                         // sum dz, sum dz * xhat
-    const auto dmean = -invstd * s1, dvar = -0.5 * invstd * invstd * s2;
-    scale_x = -at::mm(w, per_count * invstd * invstd * s2);
-    shift = -at::mm(w, per_count * invstd * (s1 - mean * invstd * s2));
-    if (need_coeff) {
-      const auto m = moments(x, acc);
-      const auto var = invstd.pow(-2) - eps;
-      const auto dmean_dw = (m.mean.unsqueeze(1) - mean.unsqueeze(0)) * static_cast<double>(pixels);
-      const auto dvar_dw = centred_second_moment(m, mean, pixels) - var.unsqueeze(0) * static_cast<double>(pixels);
-      dcoeff = dcoeff + (per_count.unsqueeze(0) * (dmean.unsqueeze(0) * dmean_dw + dvar.unsqueeze(0) * dvar_dw)).sum(2);
-    }
-  }
+  // Pass 1: sum_p dy and sum_p dy * x per (sample, channel).
+  const auto [dy_sum, dy_x_sum] = kernels.bn_grad_sums(grad_y, x);
+  // Pass 2: the parameter and coefficient gradients, and dx's per-(sample, channel) map.
+  auto dgamma = at::empty(weight.sizes(), w.options()), dbeta = at::empty_like(dgamma);
+  auto dcoeff = need_coeff ? at::empty(coeff.sizes(), w.options()) : Tensor();
+  auto scale_dy = at::empty_like(dy_sum), scale_x = at::empty_like(dy_sum), shift = at::empty_like(dy_sum);
+  kernels.bn_finalize_backward(w, dy_sum, dy_x_sum, dense_acc(mean, acc), dense_acc(invstd, acc), gamma, beta,
+                               training ? sample_mean.contiguous() : Tensor(),
+                               training ? sample_var.contiguous() : Tensor(), training, eps, x.size(2) * x.size(3),
+                               dgamma, dbeta, dcoeff, scale_dy, scale_x, shift);
+  // Pass 3: dx.
   auto empty = x.new_empty({0});
-  const auto dx = need_x ? kernels.bn_grad_input(grad_y, x, at::mm(w, gamma * invstd), scale_x, shift) : empty;
+  const auto dx = need_x ? kernels.bn_grad_input(grad_y, x, scale_dy, scale_x, shift) : empty;
   return {dx, need_coeff ? dcoeff.to(coeff.scalar_type()) : empty,
           need_weight ? dgamma.to(weight.scalar_type()) : empty, need_bias ? dbeta.to(bias.scalar_type()) : empty};
 }

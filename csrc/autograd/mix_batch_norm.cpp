@@ -11,7 +11,7 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-std::tuple<Tensor, Tensor, Tensor> call_forward(const Tensor& x, const Tensor& coeff, const Tensor& weight,
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> call_forward(const Tensor& x, const Tensor& coeff, const Tensor& weight,
                                                 const Tensor& bias, Tensor& running_mean, Tensor& running_var,
                                                 bool training, double momentum, double eps) {
   static auto op = c10::Dispatcher::singleton()
@@ -22,11 +22,12 @@ std::tuple<Tensor, Tensor, Tensor> call_forward(const Tensor& x, const Tensor& c
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> call_backward(
     const Tensor& grad_y, const Tensor& x, const Tensor& coeff, const Tensor& weight, const Tensor& bias,
-    const Tensor& mean, const Tensor& invstd, bool training, double eps, std::array<bool, 4> output_mask) {
+    const Tensor& mean, const Tensor& invstd, const Tensor& sample_mean, const Tensor& sample_var, bool training,
+    double eps, std::array<bool, 4> output_mask) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("awnet::mix_batch_norm_backward", "")
                        .typed<decltype(mix_batch_norm_backward)>();
-  return op.call(grad_y, x, coeff, weight, bias, mean, invstd, training, eps, output_mask);
+  return op.call(grad_y, x, coeff, weight, bias, mean, invstd, sample_mean, sample_var, training, eps, output_mask);
 }
 
 class MixBatchNormFunction : public torch::autograd::Function<MixBatchNormFunction> {
@@ -35,12 +36,13 @@ class MixBatchNormFunction : public torch::autograd::Function<MixBatchNormFuncti
                                const Tensor& bias, Tensor running_mean, Tensor running_var, bool training,
                                double momentum, double eps) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [y, mean, invstd] = call_forward(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps);
-    ctx->save_for_backward({x, coeff, weight, bias, mean, invstd});
+    auto [y, mean, invstd, sample_mean, sample_var] =
+        call_forward(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps);
+    ctx->save_for_backward({x, coeff, weight, bias, mean, invstd, sample_mean, sample_var});
     ctx->saved_data["training"] = training;
     ctx->saved_data["eps"] = eps;
-    ctx->mark_non_differentiable({mean, invstd});
-    return {y, mean, invstd};
+    ctx->mark_non_differentiable({mean, invstd, sample_mean, sample_var});
+    return {y, mean, invstd, sample_mean, sample_var};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -48,19 +50,19 @@ class MixBatchNormFunction : public torch::autograd::Function<MixBatchNormFuncti
     const std::array<bool, 4> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
                                       ctx->needs_input_grad(3)};
     auto [dx, dcoeff, dweight, dbias] =
-        call_backward(grad_outputs[0], s[0], s[1], s[2], s[3], s[4], s[5], ctx->saved_data["training"].toBool(),
-                      ctx->saved_data["eps"].toDouble(), mask);
+        call_backward(grad_outputs[0], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
+                      ctx->saved_data["training"].toBool(), ctx->saved_data["eps"].toDouble(), mask);
     // One slot per forward argument; the running statistics and the three scalars get none.
     return {mask[0] ? dx : Tensor(), mask[1] ? dcoeff : Tensor(), mask[2] ? dweight : Tensor(),
             mask[3] ? dbias : Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
-std::tuple<Tensor, Tensor, Tensor> mix_batch_norm_autograd(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mix_batch_norm_autograd(
     const Tensor& x, const Tensor& coeff, const Tensor& weight, const Tensor& bias, Tensor& running_mean,
     Tensor& running_var, bool training, double momentum, double eps) {
   auto out = MixBatchNormFunction::apply(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps);
-  return {out[0], out[1], out[2]};
+  return {out[0], out[1], out[2], out[3], out[4]};
 }
 
 }  // namespace

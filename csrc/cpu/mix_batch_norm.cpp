@@ -1,22 +1,175 @@
-// CPU passes of the MixBN backward, as ATen ops: their CPU kernels already vectorise and accept any layout.
+// CPU passes of MixBN (awnet.h states them): the finalize steps of mix_batch_norm_finalize.h run over the
+// channels in parallel, and the backward's two passes over the pixels each read dy and x once. Every
+// (B, C, H, W) tensor is walked in memory order: NCHW by (sample, channel) planes, channels_last by
+// (sample, pixel) rows. Each pass is one profiler event, so kernel counts see it as one kernel.
 #include "../awnet.h"
+#include "../mix_batch_norm_finalize.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/record_function.h>
+
+#include <algorithm>
+#include <vector>
 
 namespace awnet::cpu {
+namespace {
+
+// Enough channels per task that a task outweighs its scheduling.
+constexpr int64_t kChannelGrain = 16;
+
+bool channels_last(const Tensor& x) {
+  return x.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+
+template <typename scalar_t, typename acc_t>
+void grad_sums(const scalar_t* dy, const scalar_t* x, acc_t* dy_sum, acc_t* dy_x_sum, int64_t batch,
+               int64_t channels, int64_t pixels, bool rows) {
+  if (!rows) {
+    at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bc = begin; bc < end; ++bc) {
+        const scalar_t* g = dy + bc * pixels;
+        const scalar_t* v = x + bc * pixels;
+        acc_t sum = 0, dot = 0;
+        for (int64_t p = 0; p < pixels; ++p) {
+          const acc_t gp = static_cast<acc_t>(g[p]);
+          sum += gp;
+          dot += gp * static_cast<acc_t>(v[p]);
+        }
+        dy_sum[bc] = sum;
+        dy_x_sum[bc] = dot;
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      acc_t* sum = dy_sum + b * channels;
+      acc_t* dot = dy_x_sum + b * channels;
+      std::fill(sum, sum + channels, acc_t(0));
+      std::fill(dot, dot + channels, acc_t(0));
+      for (int64_t p = 0; p < pixels; ++p) {
+        const scalar_t* g = dy + (b * pixels + p) * channels;
+        const scalar_t* v = x + (b * pixels + p) * channels;
+        for (int64_t c = 0; c < channels; ++c) {
+          const acc_t gc = static_cast<acc_t>(g[c]);
+          sum[c] += gc;
+          dot[c] += gc * static_cast<acc_t>(v[c]);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t, typename acc_t>
+void grad_input(const scalar_t* dy, const scalar_t* x, const acc_t* scale_dy, const acc_t* scale_x,
+                const acc_t* shift, scalar_t* dx, int64_t batch, int64_t channels, int64_t pixels, bool rows) {
+  if (!rows) {
+    at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bc = begin; bc < end; ++bc) {
+        const acc_t a = scale_dy[bc], cx = scale_x[bc], c0 = shift[bc];
+        const int64_t base = bc * pixels;
+        for (int64_t p = 0; p < pixels; ++p)
+          dx[base + p] = static_cast<scalar_t>(a * static_cast<acc_t>(dy[base + p]) +
+                                               cx * static_cast<acc_t>(x[base + p]) + c0);
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, batch * pixels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t bc = row / pixels * channels, base = row * channels;
+      for (int64_t c = 0; c < channels; ++c)
+        dx[base + c] = static_cast<scalar_t>(scale_dy[bc + c] * static_cast<acc_t>(dy[base + c]) +
+                                             scale_x[bc + c] * static_cast<acc_t>(x[base + c]) + shift[bc + c]);
+    }
+  });
+}
+
+template <typename acc_t>
+const acc_t* ptr_or_null(const Tensor& t) {
+  return t.defined() && t.numel() ? t.data_ptr<acc_t>() : nullptr;
+}
+
+}  // namespace
+
+void bn_finalize(const Tensor& w, const Tensor& sample_mean, const Tensor& sample_var, const Tensor& gamma,
+                 const Tensor& beta, Tensor& running_mean, Tensor& running_var, bool training, double momentum,
+                 double eps, int64_t pixels, Tensor& mean, Tensor& invstd, Tensor& scale, Tensor& shift) {
+  RECORD_FUNCTION("awnet::cpu::bn_finalize", std::vector<c10::IValue>());
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "awnet_bn_finalize_cpu", [&] {
+    const FinalizeForward<scalar_t> step{
+        w.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(sample_mean), ptr_or_null<scalar_t>(sample_var),
+        gamma.data_ptr<scalar_t>(), beta.data_ptr<scalar_t>(), running_mean.data_ptr<scalar_t>(),
+        running_var.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>(),
+        scale.data_ptr<scalar_t>(), shift.data_ptr<scalar_t>(), w.size(0), w.size(1), gamma.size(1),
+        static_cast<scalar_t>(pixels), static_cast<scalar_t>(momentum), static_cast<scalar_t>(eps), training};
+    at::parallel_for(0, gamma.size(1), kChannelGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) step(c);
+    });
+  });
+}
+
+void bn_finalize_backward(const Tensor& w, const Tensor& dy_sum, const Tensor& dy_x_sum, const Tensor& mean,
+                          const Tensor& invstd, const Tensor& gamma, const Tensor& beta, const Tensor& sample_mean,
+                          const Tensor& sample_var, bool training, double eps, int64_t pixels, Tensor& dgamma,
+                          Tensor& dbeta, Tensor& dcoeff, Tensor& scale_dy, Tensor& scale_x, Tensor& shift) {
+  RECORD_FUNCTION("awnet::cpu::bn_finalize_backward", std::vector<c10::IValue>());
+  const auto batch = w.size(0), banks = w.size(1), channels = gamma.size(1);
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "awnet_bn_finalize_backward_cpu", [&] {
+    // dcoeff's share of each channel, summed over the channels below (in a fixed order: deterministic).
+    std::vector<scalar_t> per_channel(dcoeff.defined() ? batch * banks * channels : 0);
+    const FinalizeBackward<scalar_t> step{
+        w.data_ptr<scalar_t>(), dy_sum.data_ptr<scalar_t>(), dy_x_sum.data_ptr<scalar_t>(),
+        mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>(), gamma.data_ptr<scalar_t>(),
+        beta.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(sample_mean), ptr_or_null<scalar_t>(sample_var),
+        dgamma.data_ptr<scalar_t>(), dbeta.data_ptr<scalar_t>(), dcoeff.defined() ? per_channel.data() : nullptr,
+        scale_dy.data_ptr<scalar_t>(), scale_x.data_ptr<scalar_t>(), shift.data_ptr<scalar_t>(), batch, banks,
+        channels, static_cast<scalar_t>(pixels), static_cast<scalar_t>(eps), training};
+    at::parallel_for(0, channels, kChannelGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) step(c);
+    });
+    if (dcoeff.defined()) {
+      auto* out = dcoeff.data_ptr<scalar_t>();
+      for (int64_t bk = 0; bk < batch * banks; ++bk) {
+        scalar_t total = 0;
+        for (int64_t c = 0; c < channels; ++c) total += per_channel[bk * channels + c];
+        out[bk] = total;
+      }
+    }
+  });
+}
 
 std::tuple<Tensor, Tensor> bn_grad_sums(const Tensor& dy, const Tensor& x) {
-  const auto acc = at::toOpMathType(x.scalar_type());
-  return {dy.sum({2, 3}, false, acc), (dy.to(acc) * x.to(acc)).sum({2, 3})};
+  RECORD_FUNCTION("awnet::cpu::bn_grad_sums", std::vector<c10::IValue>());
+  const auto format = x.suggest_memory_format();
+  const auto dense_dy = dy.contiguous(format), dense_x = x.contiguous(format);
+  const auto batch = x.size(0), channels = x.size(1), pixels = x.size(2) * x.size(3);
+  const auto options = x.options().dtype(at::toOpMathType(x.scalar_type())).memory_format(at::MemoryFormat::Contiguous);
+  auto dy_sum = at::empty({batch, channels}, options), dy_x_sum = at::empty({batch, channels}, options);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "awnet_bn_grad_sums_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    grad_sums(dense_dy.data_ptr<scalar_t>(), dense_x.data_ptr<scalar_t>(), dy_sum.data_ptr<acc_t>(),
+              dy_x_sum.data_ptr<acc_t>(), batch, channels, pixels, channels_last(x));
+  });
+  return {dy_sum, dy_x_sum};
 }
 
 Tensor bn_grad_input(const Tensor& dy, const Tensor& x, const Tensor& scale_dy, const Tensor& scale_x,
                      const Tensor& shift) {
-  const auto per_channel = [&](const Tensor& t) { return t.view({x.size(0), x.size(1), 1, 1}); };
-  auto dx = at::empty_like(x);
-  at::addcmul_out(dx, per_channel(shift), x, per_channel(scale_x));
-  return dx.addcmul_(dy, per_channel(scale_dy));
+  RECORD_FUNCTION("awnet::cpu::bn_grad_input", std::vector<c10::IValue>());
+  const auto format = x.suggest_memory_format();
+  const auto dense_dy = dy.contiguous(format), dense_x = x.contiguous(format);
+  auto dx = at::empty_like(dense_x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "awnet_bn_grad_input_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    grad_input(dense_dy.data_ptr<scalar_t>(), dense_x.data_ptr<scalar_t>(), scale_dy.data_ptr<acc_t>(),
+               scale_x.data_ptr<acc_t>(), shift.data_ptr<acc_t>(), dx.data_ptr<scalar_t>(), x.size(0), x.size(1),
+               x.size(2) * x.size(3), channels_last(x));
+  });
+  return dx;
 }
 
 }  // namespace awnet::cpu

@@ -1,13 +1,15 @@
-// CUDA passes of the MixBN backward (awnet.h states them), each one read of the (B, C, H, W) tensors where
-// ATen needs two or three: the per-(sample, channel) sums of dy and dy * x, and
-// dx = scale_dy * dy + scale_x * x + shift.
+// CUDA passes of MixBN (awnet.h states them): the finalize steps of mix_batch_norm_finalize.h, a thread
+// per channel, and the backward's passes, each one read of the (B, C, H, W) tensors where ATen needs two
+// or three: the per-(sample, channel) sums of dy and dy * x, and dx = scale_dy * dy + scale_x * x + shift.
 #include "../awnet.h"
+#include "../mix_batch_norm_finalize.h"
 #include "launch.cuh"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/sum.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 
@@ -38,6 +40,16 @@ __global__ void grad_sums_kernel(const scalar_t* dy, const scalar_t* x, acc_t* d
   }
 }
 
+template <typename Step>
+__global__ void per_channel_kernel(Step step, int64_t channels) {
+  for (int64_t c = global_thread(); c < channels; c += grid_threads()) step(c);
+}
+
+template <typename acc_t>
+const acc_t* ptr_or_null(const Tensor& t) {
+  return t.defined() && t.numel() ? t.data_ptr<acc_t>() : nullptr;
+}
+
 // One thread per element, walked in memory order.
 template <typename scalar_t, typename acc_t>
 __global__ void grad_input_kernel(const scalar_t* dy, const scalar_t* x, const acc_t* scale_dy, const acc_t* scale_x,
@@ -62,6 +74,53 @@ Dense dense(const Tensor& dy, const Tensor& x) {
 }
 
 }  // namespace
+
+void bn_finalize(const Tensor& w, const Tensor& sample_mean, const Tensor& sample_var, const Tensor& gamma,
+                 const Tensor& beta, Tensor& running_mean, Tensor& running_var, bool training, double momentum,
+                 double eps, int64_t pixels, Tensor& mean, Tensor& invstd, Tensor& scale, Tensor& shift) {
+  const c10::cuda::CUDAGuard guard(w.device());
+  const auto channels = gamma.size(1);
+  if (channels == 0) return;
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "awnet_bn_finalize_cuda", [&] {
+    const FinalizeForward<scalar_t> step{
+        w.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(sample_mean), ptr_or_null<scalar_t>(sample_var),
+        gamma.data_ptr<scalar_t>(), beta.data_ptr<scalar_t>(), running_mean.data_ptr<scalar_t>(),
+        running_var.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>(),
+        scale.data_ptr<scalar_t>(), shift.data_ptr<scalar_t>(), w.size(0), w.size(1), channels,
+        static_cast<scalar_t>(pixels), static_cast<scalar_t>(momentum), static_cast<scalar_t>(eps), training};
+    per_channel_kernel<<<grid_stride_blocks(channels), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(step,
+                                                                                                     channels);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void bn_finalize_backward(const Tensor& w, const Tensor& dy_sum, const Tensor& dy_x_sum, const Tensor& mean,
+                          const Tensor& invstd, const Tensor& gamma, const Tensor& beta, const Tensor& sample_mean,
+                          const Tensor& sample_var, bool training, double eps, int64_t pixels, Tensor& dgamma,
+                          Tensor& dbeta, Tensor& dcoeff, Tensor& scale_dy, Tensor& scale_x, Tensor& shift) {
+  const c10::cuda::CUDAGuard guard(w.device());
+  const auto batch = w.size(0), banks = w.size(1), channels = gamma.size(1);
+  if (channels == 0) {
+    if (dcoeff.defined()) dcoeff.zero_();
+    return;
+  }
+  // dcoeff's share of each channel, summed over the channels after (deterministic, unlike atomics).
+  const auto per_channel = dcoeff.defined() ? at::empty({batch, banks, channels}, w.options()) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "awnet_bn_finalize_backward_cuda", [&] {
+    const FinalizeBackward<scalar_t> step{
+        w.data_ptr<scalar_t>(), dy_sum.data_ptr<scalar_t>(), dy_x_sum.data_ptr<scalar_t>(),
+        mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>(), gamma.data_ptr<scalar_t>(),
+        beta.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(sample_mean), ptr_or_null<scalar_t>(sample_var),
+        dgamma.data_ptr<scalar_t>(), dbeta.data_ptr<scalar_t>(),
+        per_channel.defined() ? per_channel.data_ptr<scalar_t>() : nullptr, scale_dy.data_ptr<scalar_t>(),
+        scale_x.data_ptr<scalar_t>(), shift.data_ptr<scalar_t>(), batch, banks, channels,
+        static_cast<scalar_t>(pixels), static_cast<scalar_t>(eps), training};
+    per_channel_kernel<<<grid_stride_blocks(channels), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(step,
+                                                                                                     channels);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  if (dcoeff.defined()) at::sum_out(dcoeff, per_channel, {2});
+}
 
 std::tuple<Tensor, Tensor> bn_grad_sums(const Tensor& dy, const Tensor& x) {
   const c10::cuda::CUDAGuard guard(x.device());

@@ -1,0 +1,125 @@
+// MixBN's small finalize steps, one channel at a time, written once for the CPU (a parallel loop over the
+// channels) and CUDA (a thread per channel): everything between the passes over the (B, C, H, W) tensors.
+// Every pointer is a dense row-major array in the accumulation type: (B, K) coefficients w, (B, C)
+// per-sample tensors, (K, C) per-bank tensors.
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace awnet {
+
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t inverse_sqrt(acc_t v) {
+#ifdef __CUDA_ARCH__
+  return acc_t(1) / ::sqrt(v);
+#else
+  return acc_t(1) / std::sqrt(v);
+#endif
+}
+
+// Forward. In training, bank k's statistics are the w[:, k]-weighted moments of the samples (parallel-axis
+// rule: no pass over x subtracts two large sums); a bank with zero weight uses its running statistics. Then
+// the per-(sample, channel) affine map y = scale * x + shift that the output pass applies.
+template <typename acc_t>
+struct FinalizeForward {
+  const acc_t *w, *sample_mean, *sample_var, *gamma, *beta;  // sample_* (B, C): training only
+  acc_t *running_mean, *running_var;                          // (K, C), updated in training
+  acc_t *mean, *invstd, *scale, *shift;                       // out: (K, C), (K, C), (B, C), (B, C)
+  int64_t batch, banks, channels;
+  acc_t pixels, momentum, eps;
+  bool training;
+
+  C10_HOST_DEVICE void operator()(int64_t c) const {
+    for (int64_t k = 0; k < banks; ++k) {
+      const int64_t kc = k * channels + c;
+      acc_t weight = 0;
+      for (int64_t b = 0; b < batch; ++b) weight += w[b * banks + k];
+      const acc_t count = weight * pixels;
+      acc_t m = running_mean[kc], v = running_var[kc];
+      if (training && count != acc_t(0)) {
+        acc_t sum = 0;
+        for (int64_t b = 0; b < batch; ++b) sum += w[b * banks + k] * sample_mean[b * channels + c];
+        m = sum / weight;
+        acc_t second = 0;
+        for (int64_t b = 0; b < batch; ++b) {
+          const acc_t shift_b = sample_mean[b * channels + c] - m;
+          second += w[b * banks + k] * (sample_var[b * channels + c] + shift_b * shift_b);
+        }
+        v = second / weight;
+        const acc_t unbias = count > acc_t(1) ? count / (count - acc_t(1)) : acc_t(1);
+        running_mean[kc] = (acc_t(1) - momentum) * running_mean[kc] + momentum * m;
+        running_var[kc] = (acc_t(1) - momentum) * running_var[kc] + momentum * v * unbias;
+      }
+      mean[kc] = m;
+      invstd[kc] = inverse_sqrt(v + eps);
+    }
+    for (int64_t b = 0; b < batch; ++b) {
+      acc_t a = 0, s = 0;
+      for (int64_t k = 0; k < banks; ++k) {
+        const int64_t kc = k * channels + c;
+        const acc_t bank_scale = gamma[kc] * invstd[kc];
+        a += w[b * banks + k] * bank_scale;
+        s += w[b * banks + k] * (beta[kc] - mean[kc] * bank_scale);
+      }
+      scale[b * channels + c] = a;
+      shift[b * channels + c] = s;
+    }
+  }
+};
+
+// Backward, from the per-(sample, channel) sums of dy and dy * x: the parameter gradients, the coefficient
+// gradient's share of channel c (dcoeff_c (B, K, C), summed over C by the caller), and dx's per-(sample,
+// channel) map dx = scale_dy * dy + scale_x * x + shift. With xhat_k = (x - mu_k) invstd_k:
+// sum_p dy xhat_k = invstd_k (sum_p dy x - mu_k sum_p dy); banks on batch statistics also pass gradient
+// through their mean and variance (to x, and to w through the weighted moments).
+template <typename acc_t>
+struct FinalizeBackward {
+  const acc_t *w, *dy_sum, *dy_x_sum, *mean, *invstd, *gamma, *beta, *sample_mean, *sample_var;
+  acc_t *dgamma, *dbeta, *dcoeff_c, *scale_dy, *scale_x, *shift;  // dcoeff_c may be null
+  int64_t batch, banks, channels;
+  acc_t pixels, eps;
+  bool training;
+
+  C10_HOST_DEVICE void operator()(int64_t c) const {
+    for (int64_t b = 0; b < batch; ++b) scale_dy[b * channels + c] = scale_x[b * channels + c] = shift[b * channels + c] = 0;
+    for (int64_t k = 0; k < banks; ++k) {
+      const int64_t kc = k * channels + c;
+      acc_t g = 0, bsum = 0, weight = 0;
+      for (int64_t b = 0; b < batch; ++b) {
+        const int64_t bc = b * channels + c;
+        const acc_t wk = w[b * banks + k];
+        g += wk * invstd[kc] * (dy_x_sum[bc] - mean[kc] * dy_sum[bc]);
+        bsum += wk * dy_sum[bc];
+        weight += wk;
+      }
+      dgamma[kc] = g;
+      dbeta[kc] = bsum;
+      // Banks on batch statistics: the gradients through their mean and variance.
+      const bool batch_stats = training && weight != acc_t(0);
+      const acc_t per_count = batch_stats ? acc_t(1) / (weight * pixels) : acc_t(0);
+      const acc_t var = acc_t(1) / (invstd[kc] * invstd[kc]) - eps;
+      const acc_t dmean = -invstd[kc] * gamma[kc] * bsum;
+      const acc_t dvar = acc_t(-0.5) * invstd[kc] * invstd[kc] * gamma[kc] * g;
+      for (int64_t b = 0; b < batch; ++b) {
+        const int64_t bc = b * channels + c;
+        const acc_t wk = w[b * banks + k];
+        scale_dy[bc] += wk * gamma[kc] * invstd[kc];
+        scale_x[bc] -= wk * per_count * invstd[kc] * invstd[kc] * gamma[kc] * g;
+        shift[bc] -= wk * per_count * invstd[kc] * gamma[kc] * (bsum - mean[kc] * invstd[kc] * g);
+        if (dcoeff_c) {
+          acc_t d = invstd[kc] * gamma[kc] * (dy_x_sum[bc] - mean[kc] * dy_sum[bc]) + beta[kc] * dy_sum[bc];
+          if (batch_stats) {
+            const acc_t shift_b = sample_mean[bc] - mean[kc];
+            d += per_count * pixels * (dmean * shift_b + dvar * (sample_var[bc] + shift_b * shift_b - var));
+          }
+          dcoeff_c[(b * banks + k) * channels + c] = d;
+        }
+      }
+    }
+  }
+};
+
+}  // namespace awnet
