@@ -1,7 +1,9 @@
 """Argument checks shared by every backend.
 
 They read shapes, dtypes and devices only, so they never sync the device. The one check that must read
-values (a non-finite coeff) runs only in debug mode (AWNET_DEBUG=1, read at import).
+values (a non-finite coeff) runs only in debug mode (AWNET_DEBUG=1, read at import). Under torch.compile it
+runs as an asynchronous assert (`torch._assert_async`, an op in the graph): a Python branch on a value would
+break the graph.
 """
 from __future__ import annotations
 
@@ -9,7 +11,19 @@ import os
 
 import torch
 
-DEBUG = os.environ.get("AWNET_DEBUG", "0") not in ("", "0")
+_DEBUG_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+                 "off": False, "": False}
+
+
+def _debug_setting() -> bool:
+    value = os.environ.get("AWNET_DEBUG", "0")
+    if value.strip().lower() not in _DEBUG_VALUES:
+        raise ValueError(f"AWNET_DEBUG must be 1/0 (or true/false, yes/no, on/off), got {value!r}")
+    return _DEBUG_VALUES[value.strip().lower()]
+
+
+DEBUG = _debug_setting()
+_NON_FINITE = "coeff contains NaN or Inf (AWNET_DEBUG=1 check)"
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -50,8 +64,12 @@ def _float_input(x, ndim: int, shape_doc: str) -> None:
 
 
 def _finite_coeff(coeff: torch.Tensor) -> None:
-    if DEBUG and not bool(torch.isfinite(coeff).all()):
-        raise ValueError("coeff contains NaN or Inf (AWNET_DEBUG=1 check)")
+    if not DEBUG:
+        return
+    if torch.compiler.is_compiling():
+        torch._assert_async(torch.isfinite(coeff).all(), _NON_FINITE)
+    elif not bool(torch.isfinite(coeff).all()):
+        raise ValueError(_NON_FINITE)
 
 
 def aw_conv2d_args(x, weight, coeff, bias, stride, padding, dilation, groups):

@@ -75,6 +75,7 @@ def conv_rows(benchmarks: list[dict], peaks: dict | None, timing: str = "events"
                 static_ms=static_time * 1e3 if static_time else None,
                 vs_static=_ratio(time, static_time),
                 vs_reference=_ratio(time, seconds(impls.get(("reference", case)), timing)),
+                vs_plain=_ratio(time, seconds(impls.get(("plain", case)), timing)),
                 roofline=roofline_fraction(bench["extra_info"], time, peaks)))
     return rows
 
@@ -112,16 +113,18 @@ def report(results: dict, markdown: bool = False, timing: str = "events") -> str
     device = results.get("awnet", {}).get("device", "unknown device")
     peaks = peaks_for(device)
     conv = conv_rows(results["benchmarks"], peaks, timing)
-    out = [f"device: {device}; commit {results.get('awnet', {}).get('commit')}; "
-           f"versions {results.get('awnet', {}).get('versions')}; GPU timing: {timing}"
+    meta = results.get("awnet", {})
+    out = [f"device: {device}; commit {meta.get('commit')}; versions {meta.get('versions')}; GPU timing: {timing}; "
+           f"malloc: {meta.get('malloc')}; threads: {meta.get('threads')}; command: {meta.get('command')}"
            + ("" if peaks else "; no roofline peaks known for this device")]
     if conv:
         out.append("\nPer shape (time in ms; ratios < 1 are faster than the static conv / the reference):")
         out.append(_table(
-            ["model", "layer", "pass", "dtype", "impl", "case", "ms", "static ms", "x static", "x reference",
-             "roofline"],
+            ["model", "layer", "pass", "dtype", "impl", "case", "ms", "static ms", "x static", "x plain",
+             "x reference", "roofline"],
             [[r["model"], r["layer"], r["pass_"], r["dtype"], r["impl"], r["case"], _fmt(r["ms"], ".3f"),
-              _fmt(r["static_ms"], ".3f"), _fmt(r["vs_static"]), _fmt(r["vs_reference"]), _fmt(r["roofline"])]
+              _fmt(r["static_ms"], ".3f"), _fmt(r["vs_static"]), _fmt(r["vs_plain"]), _fmt(r["vs_reference"]),
+              _fmt(r["roofline"])]
              for r in sorted(conv, key=lambda r: (r["model"], r["pass_"], r["dtype"], r["case"], r["impl"]))],
             markdown))
         groups = collections.defaultdict(list)
@@ -129,9 +132,10 @@ def report(results: dict, markdown: bool = False, timing: str = "events") -> str
             groups[(r["model"], r["pass_"], r["dtype"], r["case"], r["impl"])].append(r)
         out.append("\nGeometric means over the shapes of each model:")
         out.append(_table(
-            ["model", "pass", "dtype", "case", "impl", "x static", "x reference", "roofline"],
-            [[*key, _fmt(geomean(r["vs_static"] for r in rows)), _fmt(geomean(r["vs_reference"] for r in rows)),
-              _fmt(geomean(r["roofline"] for r in rows))] for key, rows in sorted(groups.items())],
+            ["model", "pass", "dtype", "case", "impl", "x static", "x plain", "x reference", "roofline"],
+            [[*key, _fmt(geomean(r["vs_static"] for r in rows)), _fmt(geomean(r["vs_plain"] for r in rows)),
+              _fmt(geomean(r["vs_reference"] for r in rows)), _fmt(geomean(r["roofline"] for r in rows))]
+             for key, rows in sorted(groups.items())],
             markdown))
     train = train_rows(results["benchmarks"], timing)
     if train:

@@ -4,9 +4,9 @@
     python -m bench.report bench/results/<device>.json
 
 Implementations: `static` (one bank, the plain convolution the AW-Net replaces), `reference` (timm-style
-per-sample weights and one grouped convolution), `stacked` (cuDNN/oneDNN on the banks stacked along the
-output channels, then the per-sample mix, in plain PyTorch), and every awkernels backend that runs on this
-device. Passes: `fwd` (inference), `fwdbwd` (every gradient), `attack` (dx and dcoeff only: an attack step).
+per-sample weights and one grouped convolution), `plain` (the plain PyTorch a user would write: for K = 1
+the convolution then the per-(sample, filter) scale, for K >= 2 cuDNN/oneDNN on the banks stacked along the
+output channels, then the per-sample blend), and every awkernels backend that runs on this device. Passes: `fwd` (inference), `fwdbwd` (every gradient), `attack` (dx and dcoeff only: an attack step).
 On a GPU: batch 128 (AWNET_BENCH_BATCH), ResNet-18 and WRN-34-10 shapes (AWNET_BENCH_MODELS), bfloat16 for every pass and
 float32 / tf32 for fwdbwd. On CPU: small batch, ResNet-18 shapes, float32.
 """
@@ -31,21 +31,24 @@ CASES = {"K1-filter": (1, True), "K2-layer": (2, False)}
 SETTINGS = ([("bfloat16", p) for p in ("fwd", "fwdbwd", "attack")] + [("tf32", "fwdbwd"), ("float32", "fwdbwd")]
             if CUDA else [("float32", p) for p in ("fwd", "fwdbwd", "attack")])
 BACKENDS = [b for b in awkernels.available_backends() if b != "reference" and (b != "cpp") == CUDA]
-IMPLS = [("static", "-")] + [(impl, case) for impl in ["reference", "stacked", *BACKENDS] for case in CASES]
+IMPLS = [("static", "-")] + [(impl, case) for impl in ["reference", "plain", *BACKENDS] for case in CASES]
 SHAPES = [(model, shape) for model, shapes in MODELS.items() for shape in shapes]
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "tf32": torch.float32}
 
 
-def stacked(x, weight, coeff, bias, stride, padding):
+def plain(x, weight, coeff, bias, stride, padding):
     banks, out = weight.shape[:2]
+    if banks == 1:  # conv, then scale
+        a = coeff[:, 0] if coeff.dim() == 3 else coeff
+        return F.conv2d(x, weight[0], None, stride, padding) * a[:, :, None, None]
     y = F.conv2d(x, weight.flatten(0, 1), None, stride, padding).unflatten(1, (banks, out))
     a = coeff if coeff.dim() == 3 else coeff[:, :, None]
     return (y * a[..., None, None]).sum(1)
 
 
 def _op(impl):
-    if impl == "stacked":
-        return stacked
+    if impl == "plain":
+        return plain
 
     def run(*args):
         with awkernels.use_backend(impl):

@@ -217,3 +217,36 @@ def test_debug_mode_rejects_non_finite_coeff(backend, debug):
             assert outcome.startswith("ValueError: coeff contains NaN or Inf"), f"{call}: {outcome}"
         else:
             assert outcome == "ok", f"{call}: {outcome}"
+
+
+DEBUG_COMPILE_SCRIPT = """
+import torch, awkernels
+x, weight, coeff = torch.randn(2, 3, 6, 6), torch.randn(2, 4, 3, 3, 3), torch.rand(2, 2)
+compiled = torch.compile(lambda x, w, c: awkernels.aw_conv2d(x, w, c, padding=1), fullgraph=True, backend="aot_eager")
+assert torch.allclose(compiled(x, weight, coeff), awkernels.aw_conv2d(x, weight, coeff, padding=1), atol=1e-5)
+coeff[1, 0] = float("nan")
+try:
+    compiled(x, weight, coeff)
+except RuntimeError as error:
+    assert "coeff contains NaN or Inf" in str(error), error
+    print("compiled")
+"""
+
+
+def test_debug_mode_compiles_fullgraph():
+    """AWNET_DEBUG=1 keeps torch.compile(fullgraph=True) working: the value check becomes an asynchronous
+    assert in the graph, which still catches a NaN coeff."""
+    env = {**{k: v for k, v in os.environ.items() if k != "AWNET_BACKEND"}, "AWNET_DEBUG": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run([sys.executable, "-c", DEBUG_COMPILE_SCRIPT], env=env, cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0 and "compiled" in run.stdout, run.stderr[-3000:]
+
+
+@pytest.mark.parametrize("value,expected", [("false", "False"), ("0", "False"), ("on", "True"), ("maybe", "ValueError")])
+def test_debug_setting_is_parsed(value, expected):
+    code = "import awkernels._validate as v; print(v.DEBUG)"
+    env = {**os.environ, "AWNET_DEBUG": value}
+    run = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+    outcome = run.stdout.strip() if run.returncode == 0 else run.stderr.strip().splitlines()[-1]
+    assert expected in outcome and (expected != "ValueError" or "AWNET_DEBUG" in outcome), outcome

@@ -31,7 +31,7 @@ def test_results_file_and_report(tmp_path):
     assert data["awnet"]["commit"] and data["awnet"]["versions"]["torch"]
     infos = [b["extra_info"] for b in data["benchmarks"]]
     assert {"impl", "layer", "dtype", "pass", "flops", "bytes"} <= set(infos[0])
-    assert {i["impl"] for i in infos} >= {"static", "reference", "stacked", "cpp", "awnet-banks1"}
+    assert {i["impl"] for i in infos} >= {"static", "reference", "plain", "cpp", "awnet-banks1"}
 
     report = subprocess.run([sys.executable, "-m", "bench.report", str(results)], cwd=REPO_ROOT, env=ENV,
                             capture_output=True, text=True)

@@ -42,11 +42,13 @@ class MixBatchNormFunction : public torch::autograd::Function<MixBatchNormFuncti
     ctx->saved_data["training"] = training;
     ctx->saved_data["eps"] = eps;
     ctx->mark_non_differentiable({mean, invstd, sample_mean, sample_var});
+    ctx->set_materialize_grads(false);  // no zero-filled gradients for the statistics
     return {y, mean, invstd, sample_mean, sample_var};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto s = ctx->get_saved_variables();
+    TORCH_CHECK(grad_outputs[0].defined(), "awnet::mix_batch_norm: the backward needs the gradient of y");
     const std::array<bool, 4> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
                                       ctx->needs_input_grad(3)};
     auto [dx, dcoeff, dweight, dbias] =
