@@ -6,8 +6,9 @@ wall-clock statistics are the timing only on CPU.
 
 On CPU, glibc's malloc moves its mmap threshold up each time a large block is freed (and its trim threshold
 with it), so where a tensor's memory comes from (mmap'ed and page-faulted in afresh, or reused from the
-heap) would depend on which benchmarks ran before: the end-to-end steps swung up to 14x with it on one machine
-here (issue 22; `python -m bench.order_effect --compare` shows it). Loading this file pins both thresholds
+heap) would depend on which benchmarks ran before: on one machine here the end-to-end steps swung up to 14x
+with the suite's order and followed glibc's thresholds (issue 22); `python -m bench.order_effect --compare`
+shows the cost of each regime (page faults and kernel time per step). Loading this file pins both thresholds
 at the values a long training run reaches anyway, so no benchmark can move them for the next ones.
 """
 from __future__ import annotations
