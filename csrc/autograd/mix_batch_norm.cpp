@@ -48,7 +48,8 @@ class MixBatchNormFunction : public torch::autograd::Function<MixBatchNormFuncti
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto s = ctx->get_saved_variables();
-    TORCH_CHECK(grad_outputs[0].defined(), "awnet::mix_batch_norm: the backward needs the gradient of y");
+    // An undefined gradient of y is a zero one: every input gradient is zero, so none is computed.
+    if (!grad_outputs[0].defined()) return variable_list(9);
     const std::array<bool, 4> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
                                       ctx->needs_input_grad(3)};
     auto [dx, dcoeff, dweight, dbias] =
