@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 
 import torch
 
 from . import _extension
-
-log = logging.getLogger("awkernels")
 
 # Triton runs on CUDA tensors, or on CPU tensors under its interpreter (how CI tests the kernels).
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -65,19 +62,11 @@ class use_backend:
         return False
 
 
-def resolve(x: torch.Tensor) -> str:
-    """The backend that will run an op on `x`'s device."""
+def selected(x: torch.Tensor) -> str:
+    """The selected backend ('auto' or a name), checked against this install and `x`'s device."""
     name = _selected
     if name == "auto":
-        if x.device.type == "cpu" and _extension.has_cpu():
-            return "cpp"
-        # On CUDA, the stacked-bank cuDNN path of 'cuda' before triton's fused kernels: on an H100 (bf16,
-        # batch 128, CIFAR ResNet-18 shapes) it was faster on nearly every shape and pass (bench/results/).
-        if x.is_cuda and _extension.cuda_available():
-            return "cuda"
-        if x.is_cuda and "triton" in available_backends():
-            return "triton"
-        return "reference"
+        return name
     if name not in available_backends():
         raise RuntimeError(
             f"backend {name!r} is not available in this install (available: {available_backends()}); "
@@ -92,18 +81,16 @@ def resolve(x: torch.Tensor) -> str:
     return name
 
 
-_fallbacks_logged: set[str] = set()
-
-
-def fallback(x: torch.Tensor, reason: str) -> str:
-    """The backend that runs a case the chosen one does not serve, saying why once."""
+def resolve(x: torch.Tensor) -> str:
+    """The backend that runs MixBN on `x` (it has one strategy per backend; aw_conv2d chooses per call in
+    _strategy)."""
+    name = selected(x)
+    if name != "auto":
+        return name
     if x.device.type == "cpu" and _extension.has_cpu():
-        name = "cpp"
-    elif x.is_cuda and _extension.cuda_available():
-        name = "cuda"
-    else:
-        name = "reference"
-    if reason not in _fallbacks_logged:
-        _fallbacks_logged.add(reason)
-        log.warning("awkernels: %s; using the %r backend", reason, name)
-    return name
+        return "cpp"
+    if x.is_cuda and _extension.cuda_available():
+        return "cuda"
+    if x.is_cuda and "triton" in available_backends():
+        return "triton"
+    return "reference"

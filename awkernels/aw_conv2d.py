@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _backend, _validate, reference
+from . import _backend, _strategy, _validate, reference
 
 if _backend.HAS_TRITON:
     from .triton.aw_conv2d import aw_conv2d_triton
@@ -31,6 +31,8 @@ def aw_conv2d(
         coeff: (B, K) layer-level or (B, K, C_out) filter-level coefficients. K = 1 with a filter-level
             coeff is AW-Net's regulation signal omega; K = 2 is the clean/adversarial bank blend.
         bias: None or (K, C_out).
+
+    The strategy that computes it is chosen per call (`awkernels.explain` says which and why).
     """
     if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
         # Autocast's policy for convolutions: run in its lower-precision dtype.
@@ -38,9 +40,8 @@ def aw_conv2d(
         x, weight, coeff = x.to(dtype), weight.to(dtype), coeff.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
     stride, padding, dilation = _validate.aw_conv2d_args(x, weight, coeff, bias, stride, padding, dilation, groups)
-    backend = _backend.resolve(x)
-    if backend == "triton" and groups != 1:
-        backend = _backend.fallback(x, f"the triton kernels serve groups=1, not groups={groups}")
+    call = _strategy.conv_call(x, weight, coeff, bias, stride, padding, dilation, groups)
+    backend = _strategy.backend_for(_backend.selected(x), *call)
     if backend == "triton":
         return aw_conv2d_triton(x, weight, coeff, bias, stride, padding, dilation)
     if backend in ("cpp", "cuda"):  # the C++ extension, registered for both devices

@@ -6,7 +6,10 @@
 Implementations: `static` (one bank, the plain convolution the AW-Net replaces), `reference` (timm-style
 per-sample weights and one grouped convolution), `plain` (the plain PyTorch a user would write: for K = 1
 the convolution then the per-(sample, filter) scale, for K >= 2 cuDNN/oneDNN on the banks stacked along the
-output channels, then the per-sample blend), and every awkernels backend that runs on this device. Passes: `fwd` (inference), `fwdbwd` (every gradient), `attack` (dx and dcoeff only: an attack step).
+output channels, then the per-sample blend), every awkernels backend that runs on this device (each runs
+its strategy for the case: scaled or stacked, blend, grouped; recorded as `strategy`, which
+`python -m bench.strategy_table` turns into the table `auto` chooses by) and `auto` (what that table gives).
+Passes: `fwd` (inference), `fwdbwd` (every gradient), `attack` (dx and dcoeff only: an attack step).
 On a GPU: batch 128 (AWNET_BENCH_BATCH), ResNet-18 and WRN-34-10 shapes (AWNET_BENCH_MODELS), bfloat16 for every pass and
 float32 / tf32 for fwdbwd. On CPU: small batch, ResNet-18 shapes, float32.
 """
@@ -31,7 +34,7 @@ CASES = {"K1-filter": (1, True), "K2-layer": (2, False)}
 SETTINGS = ([("bfloat16", p) for p in ("fwd", "fwdbwd", "attack")] + [("tf32", "fwdbwd"), ("float32", "fwdbwd")]
             if CUDA else [("float32", p) for p in ("fwd", "fwdbwd", "attack")])
 BACKENDS = [b for b in awkernels.available_backends() if b != "reference" and (b != "cpp") == CUDA]
-IMPLS = [("static", "-")] + [(impl, case) for impl in ["reference", "plain", *BACKENDS] for case in CASES]
+IMPLS = [("static", "-")] + [(impl, case) for impl in ["reference", "plain", *BACKENDS, "auto"] for case in CASES]
 SHAPES = [(model, shape) for model, shapes in MODELS.items() for shape in shapes]
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "tf32": torch.float32}
 
@@ -93,6 +96,10 @@ def make_conv_step(shape, impl: str, case: str, dtype: str, pass_: str):
         wrt = {"fwdbwd": (x, weight, coeff), "attack": (x, coeff)}.get(pass_, ())
     for t in wrt:
         t.requires_grad_()
+    strategy = {}
+    if impl not in ("static", "plain"):
+        with awkernels.use_backend(impl), torch.set_grad_enabled(pass_ != "fwd"):
+            strategy = dict(strategy=awkernels.explain(*inputs, *args).strategy)
 
     def step():
         if pass_ == "fwd":
@@ -102,7 +109,7 @@ def make_conv_step(shape, impl: str, case: str, dtype: str, pass_: str):
 
     flops, traffic = flops_and_bytes(shape, banks, impl, pass_, x.element_size())
     info = dict(impl=impl, layer=shape.layer, case=case, dtype=dtype, flops=flops, bytes=traffic, batch=BATCH,
-                **{"pass": pass_})
+                **strategy, **{"pass": pass_})
     return step, info
 
 

@@ -94,6 +94,8 @@ using BnFinalizeBackward = void(const Tensor& w, const Tensor& dy_sum, const Ten
                                 Tensor& scale_x, Tensor& shift);
 // The passes over the pixels: x and dy (B, C, H, W) in any layout, the (B, C) tensors in the accumulation
 // type.
+// One pass over x (training): the per-(sample, channel) mean and biased variance.
+using BnMoments = std::tuple<Tensor, Tensor>(const Tensor& x);
 // One pass over dy and x: (sum_p dy[b,c,p], sum_p dy[b,c,p] * x[b,c,p]).
 using BnGradSums = std::tuple<Tensor, Tensor>(const Tensor& dy, const Tensor& x);
 // One pass: dx = scale_dy[b,c] * dy + scale_x[b,c] * x + shift[b,c], in x's suggested memory format.
@@ -103,6 +105,7 @@ using BnGradInput = Tensor(const Tensor& dy, const Tensor& x, const Tensor& scal
 struct DeviceKernels {
   MixBanks* mix_banks;
   BankGrads* bank_grads;
+  BnMoments* bn_moments;
   BnFinalize* bn_finalize;
   BnFinalizeBackward* bn_finalize_backward;
   BnGradSums* bn_grad_sums;
@@ -112,6 +115,7 @@ struct DeviceKernels {
 namespace cpu {
 MixBanks mix_banks;
 BankGrads bank_grads;
+BnMoments bn_moments;
 BnFinalize bn_finalize;
 BnFinalizeBackward bn_finalize_backward;
 BnGradSums bn_grad_sums;
@@ -122,6 +126,7 @@ BnGradInput bn_grad_input;
 namespace cuda {
 MixBanks mix_banks;
 BankGrads bank_grads;
+BnMoments bn_moments;
 BnFinalize bn_finalize;
 BnFinalizeBackward bn_finalize_backward;
 BnGradSums bn_grad_sums;
@@ -132,10 +137,10 @@ BnGradInput bn_grad_input;
 // The kernels for `t`'s device. The CUDA ops are registered only when the CUDA part is built, so a CUDA
 // tensor reaches here only then.
 inline const DeviceKernels& kernels_for(const Tensor& t) {
-  static constexpr DeviceKernels cpu_kernels{cpu::mix_banks,   cpu::bank_grads,           cpu::bn_finalize,
+  static constexpr DeviceKernels cpu_kernels{cpu::mix_banks,   cpu::bank_grads,           cpu::bn_moments, cpu::bn_finalize,
                                              cpu::bn_finalize_backward, cpu::bn_grad_sums, cpu::bn_grad_input};
 #ifdef AWNET_WITH_CUDA
-  static constexpr DeviceKernels cuda_kernels{cuda::mix_banks,   cuda::bank_grads,           cuda::bn_finalize,
+  static constexpr DeviceKernels cuda_kernels{cuda::mix_banks,   cuda::bank_grads,           cuda::bn_moments, cuda::bn_finalize,
                                               cuda::bn_finalize_backward, cuda::bn_grad_sums, cuda::bn_grad_input};
   if (t.is_cuda()) return cuda_kernels;
 #endif

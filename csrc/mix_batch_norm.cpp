@@ -52,11 +52,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mix_batch_norm(
   const auto w = dense_acc(coeff, acc), gamma = dense_acc(weight, acc), beta = dense_acc(bias, acc);
   Tensor sample_mean = w.new_empty({0}), sample_var = w.new_empty({0});
   if (training) {
-    // Pass 1: the per-(sample, channel) moments (Welford; a half x is upcast first, since var_mean returns
-    // x's dtype and moments rounded to half put 1e-4..2e-3 errors in the statistics, seen on an H100).
-    auto [var, mean] = at::var_mean(x.to(acc), {2, 3}, /*correction=*/0, /*keepdim=*/false);
-    sample_mean = mean.contiguous();
-    sample_var = var.contiguous();
+    // Pass 1: the per-(sample, channel) moments, accumulated (and returned) in float.
+    std::tie(sample_mean, sample_var) = kernels_for(x).bn_moments(x);
   }
   // The finalize works on the running statistics in place when they are dense and in the accumulation type.
   auto run_mean = dense_acc(running_mean, acc), run_var = dense_acc(running_var, acc);

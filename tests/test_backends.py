@@ -82,11 +82,11 @@ def _conv_and_bn(x, weight, coeff, bias, gamma, beta, running_mean, running_var)
 
 
 # Inductor also checks that the fake kernels promise the layouts the real ones produce.
-@pytest.mark.parametrize("backend,compiler", [(b, "aot_eager") for b in awkernels.available_backends()]
+@pytest.mark.parametrize("backend,compiler", [(b, "aot_eager") for b in awkernels.available_backends() + ["auto"]]
                          + [("cpp", "inductor")] * ("cpp" in awkernels.available_backends()))
 def test_compile_fullgraph_matches_eager(backend, compiler):
     torch.manual_seed(0)
-    device = backend_device(backend)
+    device = backend_device("cuda" if backend == "auto" and torch.cuda.is_available() else backend)
     inputs = [torch.randn(2, 3, 6, 6), torch.randn(2, 4, 3, 3, 3), torch.rand(2, 2, 4) + 0.5,
               torch.randn(2, 4), torch.rand(2, 4) + 0.5, torch.randn(2, 4)]
     results = []
@@ -104,9 +104,9 @@ def test_compile_fullgraph_matches_eager(backend, compiler):
 
 @pytest.mark.skipif("triton" not in awkernels.available_backends(), reason="needs triton (GPU or TRITON_INTERPRET=1)")
 def test_triton_falls_back_for_grouped_convolutions_and_says_why(caplog, monkeypatch):
-    from awkernels import _backend
+    from awkernels import _strategy
 
-    monkeypatch.setattr(_backend, "_fallbacks_logged", set())  # each reason is logged once per process
+    _strategy.choose.cache_clear()  # a choice is made (and said) once per distinct call
     device = "cuda" if torch.cuda.is_available() else "cpu"
     x, weight, coeff = torch.randn(2, 4, 5, 5, device=device), torch.randn(2, 6, 2, 3, 3, device=device), \
         torch.rand(2, 2, device=device)

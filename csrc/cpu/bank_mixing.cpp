@@ -1,5 +1,5 @@
-// CPU kernels of the mix-in-epilogue strategy: mixing the stacked bank outputs per sample, and the one
-// pass over dy that the backward needs. Every tensor is dense in the caller's memory format, walked in
+// CPU kernels of the scaled and stacked strategies: mixing the (stacked) bank outputs per sample, and the
+// one pass over dy that the backward needs. Every tensor is dense in the caller's memory format, walked in
 // memory order: NCHW by (sample, filter) planes, channels_last by (sample, pixel) rows.
 #include "../awnet.h"
 
@@ -8,42 +8,68 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
+#include "loops.h"
+
+#include <algorithm>
 #include <vector>
 
 namespace awnet::cpu {
 namespace {
 
+// Coefficient row of sample b and bank k: a[(b * K + k) * C_out + o].
+template <typename acc_t>
+const acc_t* coeff_row(const acc_t* a, int64_t b, int64_t k, const BankDims& d) {
+  return a + (b * d.banks + k) * d.out;
+}
+
 template <typename scalar_t, typename acc_t>
 void mix_nchw(const scalar_t* banks, const acc_t* a, const acc_t* bias_b, scalar_t* y, const BankDims& d) {
   at::parallel_for(0, d.batch * d.out, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> row(d.pixels);
+    std::vector<acc_t> row(d.banks > 1 ? d.pixels : 0);
     for (int64_t bo = begin; bo < end; ++bo) {
       const int64_t b = bo / d.out, o = bo % d.out;
-      std::fill(row.begin(), row.end(), bias_b ? bias_b[bo] : acc_t(0));
-      for (int64_t k = 0; k < d.banks; ++k) {
-        const acc_t ak = a[(b * d.banks + k) * d.out + o];
-        const scalar_t* src = banks + (b * d.banks * d.out + d.stacked(k, o)) * d.pixels;
+      const acc_t shift = bias_b ? bias_b[bo] : acc_t(0);
+      const auto plane = [&](int64_t k) { return banks + (b * d.banks * d.out + d.stacked(k, o)) * d.pixels; };
+      scalar_t* dst = y + bo * d.pixels;
+      const scalar_t* src = plane(0);
+      const acc_t a0 = coeff_row(a, b, 0, d)[o];
+      if (d.banks == 1) {  // the scaled strategy: one multiply-add per element, straight to y
+        for (int64_t p = 0; p < d.pixels; ++p) dst[p] = static_cast<scalar_t>(a0 * static_cast<acc_t>(src[p]) + shift);
+        continue;
+      }
+      for (int64_t p = 0; p < d.pixels; ++p) row[p] = a0 * static_cast<acc_t>(src[p]) + shift;
+      for (int64_t k = 1; k < d.banks; ++k) {
+        const acc_t ak = coeff_row(a, b, k, d)[o];
+        src = plane(k);
         for (int64_t p = 0; p < d.pixels; ++p) row[p] += ak * static_cast<acc_t>(src[p]);
       }
-      scalar_t* dst = y + bo * d.pixels;
       for (int64_t p = 0; p < d.pixels; ++p) dst[p] = static_cast<scalar_t>(row[p]);
     }
   });
 }
 
+// Channels_last rows hold the stacked channels group-major, then bank, then filter within the group
+// (awnet.h), so every (group, bank) is a contiguous run of C_out / groups values: the inner loops vectorise.
 template <typename scalar_t, typename acc_t>
 void mix_channels_last(const scalar_t* banks, const acc_t* a, const acc_t* bias_b, scalar_t* y, const BankDims& d) {
-  const int64_t width = d.banks * d.out;
+  const int64_t width = d.banks * d.out, groups = d.out / d.group_out;
   at::parallel_for(0, d.batch * d.pixels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> row(d.out);
     for (int64_t bp = begin; bp < end; ++bp) {
       const int64_t b = bp / d.pixels;
-      const scalar_t* src = banks + bp * width;
-      for (int64_t o = 0; o < d.out; ++o) {
-        acc_t acc = bias_b ? bias_b[b * d.out + o] : acc_t(0);
-        for (int64_t k = 0; k < d.banks; ++k)
-          acc += a[(b * d.banks + k) * d.out + o] * static_cast<acc_t>(src[d.stacked(k, o)]);
-        y[bp * d.out + o] = static_cast<scalar_t>(acc);
-      }
+      if (bias_b)
+        std::copy(bias_b + b * d.out, bias_b + (b + 1) * d.out, row.begin());
+      else
+        std::fill(row.begin(), row.end(), acc_t(0));
+      for (int64_t g = 0; g < groups; ++g)
+        for (int64_t k = 0; k < d.banks; ++k) {
+          const scalar_t* src = banks + bp * width + d.stacked(k, g * d.group_out);
+          const acc_t* ak = coeff_row(a, b, k, d) + g * d.group_out;
+          acc_t* r = row.data() + g * d.group_out;
+          for (int64_t j = 0; j < d.group_out; ++j) r[j] += ak[j] * static_cast<acc_t>(src[j]);
+        }
+      scalar_t* dst = y + bp * d.out;
+      for (int64_t o = 0; o < d.out; ++o) dst[o] = static_cast<scalar_t>(row[o]);
     }
   });
 }
@@ -55,22 +81,18 @@ void grads_nchw(const scalar_t* dy, const scalar_t* banks, const acc_t* a, scala
     for (int64_t bo = begin; bo < end; ++bo) {
       const int64_t b = bo / d.out, o = bo % d.out;
       const scalar_t* g = dy + bo * d.pixels;
-      acc_t total = 0;
-      for (int64_t p = 0; p < d.pixels; ++p) total += static_cast<acc_t>(g[p]);
-      dy_sum[bo] = total;
+      dy_sum[bo] = sum_of<acc_t>(d.pixels, [&](int64_t p) { return static_cast<acc_t>(g[p]); });
       for (int64_t k = 0; k < d.banks; ++k) {
-        const int64_t bko = (b * d.banks + k) * d.out + o;
         const int64_t plane = (b * d.banks * d.out + d.stacked(k, o)) * d.pixels;
         if (dy_banks) {
-          const acc_t ak = a[bko];
-          for (int64_t p = 0; p < d.pixels; ++p)
-            dy_banks[plane + p] = static_cast<scalar_t>(ak * static_cast<acc_t>(g[p]));
+          const acc_t ak = coeff_row(a, b, k, d)[o];
+          scalar_t* dst = dy_banks + plane;
+          for (int64_t p = 0; p < d.pixels; ++p) dst[p] = static_cast<scalar_t>(ak * static_cast<acc_t>(g[p]));
         }
         if (banks) {
-          acc_t dot = 0;
-          for (int64_t p = 0; p < d.pixels; ++p)
-            dot += static_cast<acc_t>(g[p]) * static_cast<acc_t>(banks[plane + p]);
-          da[bko] = dot;
+          const scalar_t* src = banks + plane;
+          da[(b * d.banks + k) * d.out + o] = sum_of<acc_t>(
+              d.pixels, [&](int64_t p) { return static_cast<acc_t>(g[p]) * static_cast<acc_t>(src[p]); });
         }
       }
     }
@@ -80,8 +102,8 @@ void grads_nchw(const scalar_t* dy, const scalar_t* banks, const acc_t* a, scala
 template <typename scalar_t, typename acc_t>
 void grads_channels_last(const scalar_t* dy, const scalar_t* banks, const acc_t* a, scalar_t* dy_banks, acc_t* da,
                          acc_t* dy_sum, const BankDims& d) {
-  const int64_t width = d.banks * d.out;
-  // One sample per task: its (K, C_out) dot products accumulate over all of its pixels.
+  const int64_t width = d.banks * d.out, groups = d.out / d.group_out;
+  // One sample per task: its (K, C_out) dot products accumulate over all of its pixels, one row at a time.
   at::parallel_for(0, d.batch, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> dots(width), sums(d.out);
     for (int64_t b = begin; b < end; ++b) {
@@ -90,19 +112,25 @@ void grads_channels_last(const scalar_t* dy, const scalar_t* banks, const acc_t*
       for (int64_t p = 0; p < d.pixels; ++p) {
         const int64_t row = b * d.pixels + p;
         const scalar_t* g = dy + row * d.out;
-        for (int64_t o = 0; o < d.out; ++o) {
-          const acc_t go = static_cast<acc_t>(g[o]);
-          sums[o] += go;
+        for (int64_t o = 0; o < d.out; ++o) sums[o] += static_cast<acc_t>(g[o]);
+        for (int64_t gi = 0; gi < groups; ++gi)
           for (int64_t k = 0; k < d.banks; ++k) {
-            const int64_t s = row * width + d.stacked(k, o);
-            if (dy_banks) dy_banks[s] = static_cast<scalar_t>(a[(b * d.banks + k) * d.out + o] * go);
-            if (banks) dots[k * d.out + o] += go * static_cast<acc_t>(banks[s]);
+            const int64_t first = gi * d.group_out, at = row * width + d.stacked(k, first);
+            const scalar_t* gg = g + first;
+            if (dy_banks) {
+              const acc_t* ak = coeff_row(a, b, k, d) + first;
+              scalar_t* dst = dy_banks + at;
+              for (int64_t j = 0; j < d.group_out; ++j) dst[j] = static_cast<scalar_t>(ak[j] * static_cast<acc_t>(gg[j]));
+            }
+            if (banks) {
+              const scalar_t* src = banks + at;
+              acc_t* dot = dots.data() + k * d.out + first;
+              for (int64_t j = 0; j < d.group_out; ++j) dot[j] += static_cast<acc_t>(gg[j]) * static_cast<acc_t>(src[j]);
+            }
           }
-        }
       }
-      for (int64_t o = 0; o < d.out; ++o) dy_sum[b * d.out + o] = sums[o];
-      if (banks)
-        for (int64_t ko = 0; ko < width; ++ko) da[b * width + ko] = dots[ko];
+      std::copy(sums.begin(), sums.end(), dy_sum + b * d.out);
+      if (banks) std::copy(dots.begin(), dots.end(), da + b * width);
     }
   });
 }

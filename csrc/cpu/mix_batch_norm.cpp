@@ -1,5 +1,6 @@
-// CPU passes of MixBN (awnet.h states them): the finalize steps of mix_batch_norm_finalize.h run over the
-// channels in parallel, and the backward's two passes over the pixels each read dy and x once. Every
+// CPU passes of MixBN (awnet.h states them): the per-sample moments, the finalize steps of
+// mix_batch_norm_finalize.h over the channels in parallel, and the backward's two passes over the pixels,
+// each reading dy and x once. Every
 // (B, C, H, W) tensor is walked in memory order: NCHW by (sample, channel) planes, channels_last by
 // (sample, pixel) rows. Each pass is one profiler event, so kernel counts see it as one kernel.
 #include "../awnet.h"
@@ -10,6 +11,8 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
+
+#include "loops.h"
 
 #include <algorithm>
 #include <vector>
@@ -24,6 +27,46 @@ bool channels_last(const Tensor& x) {
   return x.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
 }
 
+// The per-(sample, channel) mean and biased variance, two passes over each sample's data while it is in
+// cache (the centred second pass keeps the variance accurate where the mean is large).
+template <typename scalar_t, typename acc_t>
+void moments(const scalar_t* x, acc_t* mean, acc_t* var, int64_t batch, int64_t channels, int64_t pixels,
+             bool rows) {
+  const acc_t inv = pixels ? acc_t(1) / static_cast<acc_t>(pixels) : acc_t(0);
+  if (!rows) {
+    at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bc = begin; bc < end; ++bc) {
+        const scalar_t* v = x + bc * pixels;
+        const acc_t m = inv * sum_of<acc_t>(pixels, [&](int64_t p) { return static_cast<acc_t>(v[p]); });
+        mean[bc] = m;
+        var[bc] = inv * sum_of<acc_t>(pixels, [&](int64_t p) {
+          const acc_t c = static_cast<acc_t>(v[p]) - m;
+          return c * c;
+        });
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      acc_t* m = mean + b * channels;
+      acc_t* s = var + b * channels;
+      std::fill(m, m + channels, acc_t(0));
+      std::fill(s, s + channels, acc_t(0));
+      const scalar_t* sample = x + b * pixels * channels;
+      for (int64_t p = 0; p < pixels; ++p)
+        for (int64_t c = 0; c < channels; ++c) m[c] += static_cast<acc_t>(sample[p * channels + c]);
+      for (int64_t c = 0; c < channels; ++c) m[c] *= inv;
+      for (int64_t p = 0; p < pixels; ++p)
+        for (int64_t c = 0; c < channels; ++c) {
+          const acc_t d = static_cast<acc_t>(sample[p * channels + c]) - m[c];
+          s[c] += d * d;
+        }
+      for (int64_t c = 0; c < channels; ++c) s[c] *= inv;
+    }
+  });
+}
+
 template <typename scalar_t, typename acc_t>
 void grad_sums(const scalar_t* dy, const scalar_t* x, acc_t* dy_sum, acc_t* dy_x_sum, int64_t batch,
                int64_t channels, int64_t pixels, bool rows) {
@@ -32,14 +75,8 @@ void grad_sums(const scalar_t* dy, const scalar_t* x, acc_t* dy_sum, acc_t* dy_x
       for (int64_t bc = begin; bc < end; ++bc) {
         const scalar_t* g = dy + bc * pixels;
         const scalar_t* v = x + bc * pixels;
-        acc_t sum = 0, dot = 0;
-        for (int64_t p = 0; p < pixels; ++p) {
-          const acc_t gp = static_cast<acc_t>(g[p]);
-          sum += gp;
-          dot += gp * static_cast<acc_t>(v[p]);
-        }
-        dy_sum[bc] = sum;
-        dy_x_sum[bc] = dot;
+        dy_sum[bc] = sum_of<acc_t>(pixels, [&](int64_t p) { return static_cast<acc_t>(g[p]); });
+        dy_x_sum[bc] = sum_of<acc_t>(pixels, [&](int64_t p) { return static_cast<acc_t>(g[p]) * static_cast<acc_t>(v[p]); });
       }
     });
     return;
@@ -140,6 +177,20 @@ void bn_finalize_backward(const Tensor& w, const Tensor& dy_sum, const Tensor& d
       }
     }
   });
+}
+
+std::tuple<Tensor, Tensor> bn_moments(const Tensor& x) {
+  RECORD_FUNCTION("awnet::cpu::bn_moments", std::vector<c10::IValue>());
+  const auto dense_x = x.contiguous(x.suggest_memory_format());
+  const auto batch = x.size(0), channels = x.size(1), pixels = x.size(2) * x.size(3);
+  const auto options = x.options().dtype(at::toOpMathType(x.scalar_type())).memory_format(at::MemoryFormat::Contiguous);
+  auto mean = at::empty({batch, channels}, options), var = at::empty({batch, channels}, options);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "awnet_bn_moments_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    moments(dense_x.data_ptr<scalar_t>(), mean.data_ptr<acc_t>(), var.data_ptr<acc_t>(), batch, channels, pixels,
+            channels_last(x));
+  });
+  return {mean, var};
 }
 
 std::tuple<Tensor, Tensor> bn_grad_sums(const Tensor& dy, const Tensor& x) {

@@ -10,6 +10,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/sum.h>
+#include <ATen/ops/var_mean.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 
@@ -120,6 +121,14 @@ void bn_finalize_backward(const Tensor& w, const Tensor& dy_sum, const Tensor& d
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   if (dcoeff.defined()) at::sum_out(dcoeff, per_channel, {2});
+}
+
+std::tuple<Tensor, Tensor> bn_moments(const Tensor& x) {
+  // Welford in ATen's reduction; a half x is upcast first, since var_mean returns x's dtype and moments
+  // rounded to half put 1e-4..2e-3 errors in the statistics (seen on an H100).
+  auto [var, mean] = at::var_mean(x.to(at::toOpMathType(x.scalar_type())), {2, 3}, /*correction=*/0,
+                                  /*keepdim=*/false);
+  return {mean.contiguous(), var.contiguous()};
 }
 
 std::tuple<Tensor, Tensor> bn_grad_sums(const Tensor& dy, const Tensor& x) {
