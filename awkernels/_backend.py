@@ -16,13 +16,15 @@ BACKENDS = ("reference", "cpp", "triton", "cuda")
 _CHOICES = BACKENDS + ("auto",)
 
 
-def _checked(name) -> str:
+def _checked(name, source: str = "backend") -> str:
     if name not in _CHOICES:
-        raise ValueError(f"backend must be one of {_CHOICES}, got {name!r}")
+        raise ValueError(f"{source} must be one of {_CHOICES}, got {name!r}")
     return name
 
 
-_selected = _checked(os.environ.get("AWNET_BACKEND", "auto"))
+# A bad AWNET_BACKEND is reported when an op or current_backend() reads it, not at import: importing the
+# package (and `awnet --help`) still works.
+_selected = os.environ.get("AWNET_BACKEND", "auto")
 
 
 def available_backends() -> list[str]:
@@ -38,7 +40,7 @@ def available_backends() -> list[str]:
 
 
 def current_backend() -> str:
-    return _selected
+    return _checked(_selected, "the environment variable AWNET_BACKEND")
 
 
 class use_backend:
@@ -64,7 +66,7 @@ class use_backend:
 
 def selected(x: torch.Tensor) -> str:
     """The selected backend ('auto' or a name), checked against this install and `x`'s device."""
-    name = _selected
+    name = current_backend()
     if name == "auto":
         return name
     if name not in available_backends():

@@ -27,6 +27,7 @@ from . import _backend, _extension, _validate
 
 log = logging.getLogger("awkernels")
 
+MAX_BLEND_BANKS = 8
 TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "strategy_table.json")
 
 
@@ -66,7 +67,9 @@ STRATEGIES = (
              "in one fused pass (K times the FLOPs)", ("cpp", "cuda"),
              lambda c: None if c.banks >= 2 else "K = 1 is the scaled strategy"),
     Strategy("blend", "Triton implicit-GEMM kernels blending the K bank tiles per sample in the reduction loop",
-             ("triton",), lambda c: None if c.groups == 1 else f"it serves groups=1, not groups={c.groups}"),
+             ("triton",), lambda c: (f"it serves groups=1, not groups={c.groups}" if c.groups != 1 else
+                                     f"it holds the K bank tiles in registers: K <= {MAX_BLEND_BANKS}, not {c.banks}"
+                                     if c.banks > MAX_BLEND_BANKS else None)),
     Strategy("grouped", "each sample's weights blended, then one grouped convolution with groups = B (one "
              "convolution's FLOPs, B copies of the weights; the reference)", ("reference",),
              lambda c: None),

@@ -25,6 +25,7 @@ def _debug_setting() -> bool:
 DEBUG = _debug_setting()
 _NON_FINITE = "coeff contains NaN or Inf (AWNET_DEBUG=1 check)"
 
+MAX_INT32 = 2**31 - 1
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -36,6 +37,8 @@ def pair(value, name: str, minimum: int) -> tuple[int, int]:
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if min(values) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if max(values) > MAX_INT32:
+        raise ValueError(f"{name} must be <= 2**31 - 1, got {value!r}")
     return values
 
 
@@ -87,6 +90,9 @@ def aw_conv2d_args(x, weight, coeff, bias, stride, padding, dilation, groups):
         _same_dtype(t, name, x)
 
     batch, in_channels, height, width = x.shape
+    if in_channels == 0 or height == 0 or width == 0:
+        raise ValueError(f"x must have channels and pixels: (B, C_in, H, W) with C_in, H, W >= 1, got "
+                         f"{tuple(x.shape)}")
     banks, out_channels, group_in, kh, kw = weight.shape
     if groups < 1 or in_channels % groups or out_channels % groups:
         raise ValueError(

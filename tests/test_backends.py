@@ -38,10 +38,15 @@ def test_use_backend_is_a_scoped_choice():
     assert awkernels.current_backend() == before
 
 
-def test_unknown_backend_in_environment_is_refused():
+def test_unknown_backend_in_environment_is_refused_naming_the_variable():
     env = dict(os.environ, AWNET_BACKEND="fastest")
-    run = subprocess.run([sys.executable, "-c", "import awkernels"], env=env, capture_output=True, text=True)
-    assert run.returncode != 0 and "backend must be one of" in run.stderr
+    code = "import awkernels, torch; awkernels.aw_conv2d(torch.ones(1, 1, 3, 3), torch.ones(1, 1, 1, 3, 3), torch.ones(1, 1))"
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "the environment variable AWNET_BACKEND must be one of" in run.stderr and "'fastest'" in run.stderr
+    # Importing is not using: the package (and `awnet --help`) still loads.
+    run = subprocess.run([sys.executable, "-c", "import awkernels, awnet"], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
 
 
 @pytest.mark.skipif("cpp" not in awkernels.available_backends(), reason="the C++ extension is not built")
@@ -103,17 +108,19 @@ def test_compile_fullgraph_matches_eager(backend, compiler):
 
 
 @pytest.mark.skipif("triton" not in awkernels.available_backends(), reason="needs triton (GPU or TRITON_INTERPRET=1)")
-def test_triton_falls_back_for_grouped_convolutions_and_says_why(caplog, monkeypatch):
+@pytest.mark.parametrize("banks,groups,reason", [(2, 2, "groups=1, not groups=2"),
+                                                 (9, 1, "K <= 8, not 9")])
+def test_triton_falls_back_for_cases_it_does_not_serve_and_says_why(caplog, banks, groups, reason):
     from awkernels import _strategy
 
     _strategy.choose.cache_clear()  # a choice is made (and said) once per distinct call
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    x, weight, coeff = torch.randn(2, 4, 5, 5, device=device), torch.randn(2, 6, 2, 3, 3, device=device), \
-        torch.rand(2, 2, device=device)
+    x, weight, coeff = torch.randn(2, 4, 5, 5, device=device), torch.randn(banks, 6, 4 // groups, 3, 3, device=device), \
+        torch.rand(2, banks, device=device)
     with caplog.at_level("WARNING", logger="awkernels"), awkernels.use_backend("triton"):
-        y = awkernels.aw_conv2d(x, weight, coeff, groups=2)
-    assert "groups=1, not groups=2" in caplog.text
-    expected = awkernels.reference.aw_conv2d(x, weight, coeff, None, (1, 1), (0, 0), (1, 1), 2)
+        y = awkernels.aw_conv2d(x, weight, coeff, groups=groups)
+    assert reason in caplog.text
+    expected = awkernels.reference.aw_conv2d(x, weight, coeff, None, (1, 1), (0, 0), (1, 1), groups)
     torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
 
 
