@@ -54,13 +54,36 @@ def save(model: nn.Module, path: str | os.PathLike) -> None:
             os.remove(temporary)
 
 
+def _shape(shapes: dict[str, torch.Size], name: str) -> str:
+    return str(tuple(shapes[name])) if name in shapes else "absent"
+
+
+def _check_config(path: str, config: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Raise ValueError unless `config` builds a model whose tensors have exactly the names and shapes of
+    `tensors`. The model is built on the meta device (shapes, no memory), so a forged config (a digest is
+    easy to recompute) asking for 10**9 classes is refused before anything is allocated."""
+    try:
+        with torch.device("meta"):
+            shapes = {name: t.shape for name, t in build(**config).state_dict().items()}
+    except (ValueError, TypeError, RuntimeError, OverflowError) as error:  # a bad value, type or size
+        raise ValueError(f"{path} has a config that builds no model ({config!r}): {error}") from error
+    held = {name: t.shape for name, t in tensors.items()}
+    if shapes != held:
+        wrong = sorted(set(shapes) ^ set(held)) or sorted(n for n in shapes if shapes[n] != held[n])
+        detail = ", ".join(f"{n}: config {_shape(shapes, n)}, file {_shape(held, n)}" for n in wrong[:3])
+        raise ValueError(f"{path}'s weights do not fit the model its config {config!r} describes ({detail})")
+
+
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model saved at `path` (in eval mode, on `device`).
+    """Rebuild the model saved at `path` (in eval mode, on `device`, in the dtype of its weights).
 
     Raises ValueError when the file is not an intact awnet checkpoint (truncated, corrupted, modified, or
-    describing a model whose weights it does not hold).
+    describing a model whose weights it does not hold); FileNotFoundError or IsADirectoryError when `path`
+    is not a file.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory, not an awnet checkpoint file")
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
@@ -79,9 +102,10 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     if not isinstance(config, dict) or "name" not in config or not set(config) <= _CONFIG_KEYS:
         raise ValueError(f"{path} has an invalid config {config!r}: expected a dict with 'name' and keys "
                          f"from {sorted(_CONFIG_KEYS)}")
+    _check_config(path, config, tensors)
     model = build(**config)
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as error:
-        raise ValueError(f"{path}'s weights do not fit the model its config describes: {error}") from error
+    dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
+    if len(dtypes) == 1:  # a float16 model comes back float16, not in the builder's float32
+        model.to(dtypes.pop())
+    model.load_state_dict(tensors)
     return model.to(device).eval()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 
-from torch import nn
+from torch import Tensor, nn
 
 from .nn import AdversarialRouter, AWConv2d, AWNet, MixBatchNorm2d, Normalize
 
@@ -39,6 +39,12 @@ def _converted(name: str, module: nn.Module, banks: int) -> nn.Module | None:
         raise ValueError(f"convert() replaces nn.Conv2d and nn.BatchNorm2d; {name!r} is a "
                          f"{type(module).__name__}, a subclass whose forward it cannot reproduce")
     return None
+
+
+def _values(buffer: Tensor) -> list[float]:
+    # A shape-only build on the meta device (awnet.load checks a file's config that way before allocating)
+    # has no values to read: placeholders of the same shape do.
+    return [1.0] * buffer.numel() if buffer.is_meta else buffer.flatten().tolist()
 
 
 def convert(model: nn.Module, banks: int = 1, omega: bool = True, router_width: int = 64) -> AWNet:
@@ -80,7 +86,7 @@ def convert(model: nn.Module, banks: int = 1, omega: bool = True, router_width: 
     if not convs:
         raise ValueError("model has no nn.Conv2d to convert")
     normalize = next((m for m in body.modules() if isinstance(m, Normalize)), None)
-    stats = {"mean": normalize.mean.flatten().tolist(), "std": normalize.std.flatten().tolist()} if normalize else {}
+    stats = {"mean": _values(normalize.mean), "std": _values(normalize.std)} if normalize else {}
     first = convs[0].weight
     router = AdversarialRouter(convs[0].in_channels, [conv.out_channels for conv in convs], len(blocks),
                                router_width, omega, **stats, device=first.device, dtype=first.dtype)

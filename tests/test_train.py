@@ -161,10 +161,11 @@ def test_standard_loss_decreases_and_cli_train_writes_the_log(tmp_path, capsys):
     header = (out / LOG_CSV).read_text().splitlines()[0].split(",")
     assert header[:3] == ["epoch", "lr", "eps"] and "val_pgd_acc" in header and "seconds" in header
     assert "trained standard for 3 epochs" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="--resume"):  # never silently overwrite a run
-        cli.main(["train", "--recipe", "standard", "--out", str(out), "--epochs", "3", *TINY])
-    with pytest.raises(ValueError, match="epochs"):  # nor resume it with other settings
-        cli.main(["train", "--recipe", "standard", "--out", str(out), "--epochs", "4", "--resume", *TINY])
+    # Never silently overwrite a run (a one-line error, exit 2), nor resume it with other settings.
+    assert cli.main(["train", "--recipe", "standard", "--out", str(out), "--epochs", "3", *TINY]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert cli.main(["train", "--recipe", "standard", "--out", str(out), "--epochs", "4", "--resume", *TINY]) == 2
+    assert "other settings (epochs, lr)" in capsys.readouterr().err  # the run had --lr 0.1
 
 
 def test_awnet_recipe_needs_teachers(tmp_path):

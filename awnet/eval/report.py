@@ -23,6 +23,7 @@ from .metrics import accuracy, detection_metrics, outcomes, weighted_robust_accu
 
 STANDARD_ATTACKS = ("fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr")
 ADAPTIVE_ATTACKS = ("router-evasion", "forced-clean", "forced-adv")
+ATTACKS = STANDARD_ATTACKS + ADAPTIVE_ATTACKS
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ def default_attack_names(model: nn.Module) -> list[str]:
 def attack_suite(names: Sequence[str], eps: float, steps: int = 20, restarts: int = 1, apgd_steps: int = 100,
                  evasion_weight: float = 1.0) -> list[AttackSpec]:
     """The named Linf attacks at radius `eps`; PGD-type attacks take step 2.5 eps / steps (Madry et al.)."""
+    if not names:
+        raise ValueError(f"the attack suite is empty: name at least one of {list(ATTACKS)}")
     alpha = 2.5 * eps / steps
     pgd_settings = {"eps": eps, "alpha": alpha, "steps": steps, "restarts": restarts, "random_start": True}
     pgd_args = {"eps": eps, "alpha": alpha, "steps": steps, "restarts": restarts}
@@ -69,6 +72,8 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, suite: Sequence[AttackSpec]
              batch_size: int = 256, checks: bool = True, check_steps: int = 20, progress: bool = True) -> dict:
     """Attack `model` on (x, y) with every attack of `suite` (all at Linf radius `eps`) in eval mode, and
     return the attack settings, the metrics and (with `checks`) the gradient-masking checks."""
+    if not suite:  # the worst case over no attack would report the clean accuracy as robust
+        raise ValueError("the attack suite is empty: a robust accuracy needs at least one attack")
     was_training = model.training
     model.eval()
     try:
@@ -86,7 +91,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, suite: Sequence[AttackSpec]
             "weighted_robust_accuracy": weighted_robust_accuracy(accuracy(clean), worst),
             "detection": None,
         }
-        if clean_scores is not None and suite:
+        if clean_scores is not None:
             strongest = min(robust, key=robust.get)
             metrics["detection"] = {"attack": strongest, **detection_metrics(clean_scores, scores[strongest])}
         masking = gradient_masking_checks(model, x, y, eps, check_steps, batch_size=batch_size,

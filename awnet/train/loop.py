@@ -6,6 +6,10 @@ Determinism: every epoch starts by seeding torch's generator from (seed, epoch, 
 training set with a generator seeded from (seed, epoch), so what an epoch computes depends only on the state
 at its start, which the checkpoint holds (model, optimizer, scheduler, loss scaler, MTARD weights). A run
 resumed from its last checkpoint therefore repeats, bit for bit on CPU, what the uninterrupted run computes.
+
+Every setting is checked before any data is read (`TrainConfig`'s checks, a writable `out`, an intact
+checkpoint). A non-finite epoch loss stops the run before that epoch is saved (FloatingPointError), so `out`
+keeps the last good checkpoint; the loss is read on the host once per epoch, with the epoch's statistics.
 """
 from __future__ import annotations
 
@@ -30,42 +34,48 @@ from ..data import DATASETS, load_dataset
 from ..eval.metrics import outcomes
 from ..models import build
 from ..nn import AWNet
+from ..settings import (
+    BANKS, FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_INT, ROUTER_WIDTH, check_settings, check_writable_dir, setting,
+)
 from .recipes import ADVERSARIAL_RECIPES, AW_RECIPES, RECIPES, MTARDWeights, RecipeContext
-from .state import MODEL, load_checkpoint, save_checkpoint, write_logs
+from .state import MODEL, load_checkpoint, remove_stale_temporaries, save_checkpoint, write_logs
 
 
 @dataclass
 class TrainConfig:
-    """One training run. `model` and `eps` default to the dataset's (see `awnet.data.DATASETS`)."""
+    """One training run. `model` and `eps` default to the dataset's (see `awnet.data.DATASETS`). Numeric
+    settings are checked when the config is made (ValueError naming the setting; see `awnet.settings`)."""
     recipe: str = "standard"
     dataset: str = "mnist5k"
     model: Optional[str] = None
     out: str = "runs/train"
     data_dir: Optional[str] = None
-    epochs: int = 20
-    batch_size: int = 100
-    lr: float = 0.05  # SGD, momentum 0.9 (Nesterov); linear warm-up, then cosine decay to 0
-    warmup: float = 0.05  # fraction of the steps
-    weight_decay: float = 5e-4
-    eps: Optional[float] = None
-    eps_ramp: float = 1 / 3  # eps grows linearly from 0 over this fraction of the steps
-    attack_steps: int = 10  # PGD steps of the training attacks, step size 2.5 eps / steps
-    trades_beta: float = 6.0
+    epochs: int = setting(20, POSITIVE_INT)
+    batch_size: int = setting(100, POSITIVE_INT)
+    lr: float = setting(0.05, POSITIVE)  # SGD, momentum 0.9 (Nesterov); linear warm-up, then cosine decay to 0
+    warmup: float = setting(0.05, FRACTION)  # fraction of the steps
+    weight_decay: float = setting(5e-4, NON_NEGATIVE)
+    eps: Optional[float] = setting(None, NON_NEGATIVE)
+    eps_ramp: float = setting(1 / 3, FRACTION)  # eps grows linearly from 0 over this fraction of the steps
+    attack_steps: int = setting(10, POSITIVE_INT)  # PGD steps of the training attacks, step size 2.5 eps / steps
+    trades_beta: float = setting(6.0, NON_NEGATIVE)
     clean_teacher: Optional[str] = None  # awnet recipe: checkpoints of the two teachers
     robust_teacher: Optional[str] = None
     init: Optional[str] = None  # start from this checkpoint (a static one is converted for AW recipes)
-    mtard_lr: float = 0.025
-    temperature: float = 1.0
-    type_weight: float = 1.0
-    evasion_fraction: float = 0.5
-    evasion_weight: float = 1.0
-    deployed_weight: float = 0.0  # awnet recipe: weight of the distillation of the self-routed network
-    banks: int = 1
+    mtard_lr: float = setting(0.025, FRACTION)
+    temperature: float = setting(1.0, POSITIVE)
+    type_weight: float = setting(1.0, NON_NEGATIVE)
+    evasion_fraction: float = setting(0.5, FRACTION)
+    evasion_weight: float = setting(1.0, NON_NEGATIVE)
+    # awnet recipe: weight of the distillation of the self-routed network
+    deployed_weight: float = setting(0.0, NON_NEGATIVE)
+    banks: int = setting(1, BANKS)
     omega: bool = True
-    router_width: int = 64
-    n_train: Optional[int] = None  # train on N samples spread evenly over the split (balanced when sorted)
-    val_n: int = 500  # held-out samples (from the test split) for the per-epoch clean / PGD accuracy
-    val_steps: int = 10
+    router_width: int = setting(64, ROUTER_WIDTH)
+    # train on N samples spread evenly over the split (balanced when sorted)
+    n_train: Optional[int] = setting(None, POSITIVE_INT)
+    val_n: int = setting(500, POSITIVE_INT)  # held-out samples (from the test split) for the per-epoch accuracies
+    val_steps: int = setting(10, POSITIVE_INT)
     seed: int = 0
     amp: bool = True  # mixed precision on GPU (bfloat16 where supported, else float16 with loss scaling)
     device: Optional[str] = None
@@ -74,6 +84,9 @@ class TrainConfig:
 
     # Settings that change nothing a run computes: a resume may change them.
     COSMETIC = ("out", "progress", "device", "resume")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
     def resolved(self) -> TrainConfig:
         """A copy with the dataset defaults filled in."""
@@ -187,6 +200,19 @@ def _train(config: TrainConfig, rank: int, world: int) -> list[dict[str, Any]]:
         device = torch.device("cpu")
     amp = config.amp and device.type == "cuda"
     info = DATASETS[config.dataset]
+    # The output folder and the checkpoint are checked before any data is read or any step is taken.
+    if rank == 0:
+        check_writable_dir(config.out)
+        os.makedirs(config.out, exist_ok=True)
+        remove_stale_temporaries(config.out)
+    saved = load_checkpoint(config.out)
+    if saved is not None and not config.resume:
+        raise ValueError(f"{config.out} already holds a training run: pass --resume to continue it, or choose "
+                         "another output folder")
+    if saved is not None and saved["config"] != config.identity():
+        changed = sorted(k for k in config.identity() if saved["config"].get(k) != config.identity()[k])
+        raise ValueError(f"{config.out} holds a run with other settings ({', '.join(changed)}): resume it "
+                         "with the same settings or choose another output folder")
     x_train, y_train = spread(*load_dataset(config.dataset, "train", config.data_dir), config.n_train)
     x_val, y_val = spread(*load_dataset(config.dataset, "test", config.data_dir), config.val_n)
     steps_per_epoch = len(x_train) // (config.batch_size * world)
@@ -207,16 +233,7 @@ def _train(config: TrainConfig, rank: int, world: int) -> list[dict[str, Any]]:
     mtard = MTARDWeights(config.mtard_lr)
     history: list[dict[str, Any]] = []
 
-    os.makedirs(config.out, exist_ok=True)
-    saved = load_checkpoint(config.out)
-    if saved is not None and not config.resume:
-        raise ValueError(f"{config.out} already holds a training run: pass --resume to continue it, or choose "
-                         "another output folder")
     if saved is not None:
-        if saved["config"] != config.identity():
-            changed = sorted(k for k in config.identity() if saved["config"].get(k) != config.identity()[k])
-            raise ValueError(f"{config.out} holds a run with other settings ({', '.join(changed)}): resume it "
-                             "with the same settings or choose another output folder")
         net.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
@@ -236,6 +253,10 @@ def _train(config: TrainConfig, rank: int, world: int) -> list[dict[str, Any]]:
         clock = time.perf_counter()
         means = _epoch(config, ctx, optimizer, schedule, scaler, x_train, y_train, epoch, steps_per_epoch,
                        rank, world, device, amp)
+        if not math.isfinite(means["loss"]):  # the same on every process (averaged), so all stop together
+            kept = f"{config.out} keeps the checkpoint of epoch {epoch}" if epoch else f"nothing saved in {config.out}"
+            raise FloatingPointError(f"the training loss became {means['loss']} in epoch {epoch + 1}, so training "
+                                     f"stopped; {kept} (a smaller --lr may help)")
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "eps": ctx.eps, **means,
                **validate(net, x_val, y_val, config.eps, config.val_steps, rank, world, config.batch_size)}
         row["seconds"] = time.perf_counter() - clock

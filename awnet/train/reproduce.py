@@ -25,6 +25,9 @@ from .. import checkpoint as model_files
 from ..data import DATASETS, load_dataset
 from ..eval.report import attack_suite, default_attack_names, environment, evaluate, write_json
 from ..eval.weights import analyze_weights
+from ..settings import (
+    NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check_settings, check_writable_dir, setting,
+)
 from .loop import TrainConfig, spread, train
 from .state import MODEL
 
@@ -33,28 +36,34 @@ MODELS = ("standard", "pgd-at", "awnet")
 
 @dataclass
 class ReproduceConfig:
-    """The main job's settings; the defaults fit in 20 minutes on a 2-core CPU (see README)."""
+    """The main job's settings; the defaults fit in 20 minutes on a 2-core CPU (see README). Numeric settings
+    are checked when the config is made (ValueError naming the setting; see `awnet.settings`)."""
     dataset: str = "mnist5k"
     out: str = "runs/reproduce"
     data_dir: Optional[str] = None
     model: Optional[str] = None  # default: the dataset's
-    standard_epochs: int = 10
-    robust_epochs: int = 18
-    teacher_lr: float = 0.1  # peak SGD learning rate of the standard and PGD-AT runs
-    awnet_epochs: int = 4
+    standard_epochs: int = setting(10, POSITIVE_INT)
+    robust_epochs: int = setting(18, POSITIVE_INT)
+    teacher_lr: float = setting(0.1, POSITIVE)  # peak SGD learning rate of the standard and PGD-AT runs
+    awnet_epochs: int = setting(4, POSITIVE_INT)
     awnet_init: str = "robust"  # "robust": the AW-Net starts from the robust teacher's weights; "none": fresh
-    awnet_lr: float = 0.02  # fine-tuning from the robust teacher: below the teachers' 0.05
-    awnet_deployed_weight: float = 1.0  # TrainConfig.deployed_weight: the self-routed network is trained too
-    n_train: Optional[int] = None  # None: the whole train split
-    val_n: int = 200  # held-out samples for the per-epoch log
-    n_eval: Optional[int] = 400  # test samples, spread evenly (40 per class on mnist5k); None: the whole split
-    eval_steps: int = 40  # PGD, CW, router-evasion and forced-path steps (step 2.5 eps / steps)
-    apgd_steps: int = 100
-    restarts: int = 1
-    check_steps: int = 20  # base PGD steps of the gradient-masking checks
-    eval_batch_size: int = 500
+    awnet_lr: float = setting(0.02, POSITIVE)  # fine-tuning from the robust teacher: below the teachers' 0.05
+    # TrainConfig.deployed_weight: the self-routed network is trained too
+    awnet_deployed_weight: float = setting(1.0, NON_NEGATIVE)
+    n_train: Optional[int] = setting(None, POSITIVE_INT)  # None: the whole train split
+    val_n: int = setting(200, POSITIVE_INT)  # held-out samples for the per-epoch log
+    # test samples, spread evenly (40 per class on mnist5k); None or 0: the whole split
+    n_eval: Optional[int] = setting(400, NON_NEGATIVE_INT)
+    eval_steps: int = setting(40, POSITIVE_INT)  # PGD, CW, router-evasion and forced-path steps (2.5 eps / steps)
+    apgd_steps: int = setting(100, POSITIVE_INT)
+    restarts: int = setting(1, POSITIVE_INT)
+    check_steps: int = setting(20, POSITIVE_INT)  # base PGD steps of the gradient-masking checks
+    eval_batch_size: int = setting(500, POSITIVE_INT)
     seed: int = 0
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 def train_configs(config: ReproduceConfig) -> dict[str, TrainConfig]:
@@ -134,8 +143,9 @@ def reproduce(config: ReproduceConfig) -> dict[str, Any]:
     if config.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {config.dataset!r}; available: {sorted(DATASETS)}")
     started, clock = datetime.now(timezone.utc), time.perf_counter()
+    runs = train_configs(config)  # checks their settings too
+    check_writable_dir(config.out)
     os.makedirs(config.out, exist_ok=True)
-    runs = train_configs(config)
     train_seconds = {}
     for name, run in runs.items():
         print(f"== training {name} ({run.recipe}, {run.epochs} epochs) -> {run.out}", flush=True)

@@ -1,0 +1,120 @@
+"""Checks of settings, declared once beside each setting and applied wherever a value comes in.
+
+A settings dataclass declares a field as `epochs: int = setting(20, POSITIVE_INT)`; its `__post_init__` calls
+`check_settings(self)`, so a bad value fails when the settings are made (before any data is read or any
+training or attack starts), and the command line uses the same check as its argparse `type`
+(`checks(TrainConfig)["epochs"]`), so `awnet train --epochs 0` fails while parsing. A new setting
+declared with a check is checked in both places by construction.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import numbers
+import os
+import tempfile
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Optional
+
+
+@dataclass(frozen=True)
+class Check:
+    """A numeric setting's valid values: `integer` (an int) or a finite real number, with `test` true."""
+    integer: bool
+    wanted: str  # completes "must be ...", e.g. "a positive int"
+    test: Callable[[Any], bool]
+
+    def accepts(self, value: Any) -> bool:
+        kind = numbers.Integral if self.integer else numbers.Real
+        return (isinstance(value, kind) and not isinstance(value, bool)
+                and (self.integer or math.isfinite(value)) and self.test(value))
+
+    def check(self, name: str, value: Any) -> None:
+        """Raise ValueError naming the setting unless `value` is valid (None means "not set": allowed)."""
+        if value is not None and not self.accepts(value):
+            raise ValueError(f"{name} must be {self.wanted}, got {value!r}")
+
+    def __call__(self, text: str) -> Any:
+        """The argparse `type`: the value of `text`, or an error argparse reports with the option's name."""
+        try:
+            value = int(text) if self.integer else float(text)
+        except ValueError:
+            value = None
+        if value is None or not self.accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {self.wanted}, got {text!r}")
+        return value
+
+
+POSITIVE_INT = Check(True, "a positive int", lambda v: v >= 1)
+NON_NEGATIVE_INT = Check(True, "an int >= 0", lambda v: v >= 0)
+BANKS = Check(True, "1 or 2", lambda v: v in (1, 2))
+ROUTER_WIDTH = Check(True, "an int >= 2", lambda v: v >= 2)  # the router's hidden layer is width // 2
+POSITIVE = Check(False, "a finite number > 0", lambda v: v > 0)
+NON_NEGATIVE = Check(False, "a finite number >= 0", lambda v: v >= 0)
+FRACTION = Check(False, "a number in [0, 1]", lambda v: 0 <= v <= 1)
+
+
+def setting(default: Any, check: Check) -> Any:
+    """A dataclass field whose values `check_settings` checks."""
+    return field(default=default, metadata={"check": check})
+
+
+def check_settings(settings: Any) -> None:
+    """Raise ValueError naming the first field of the dataclass `settings` whose value its check refuses."""
+    for f in fields(settings):
+        check: Optional[Check] = f.metadata.get("check")
+        if check is not None:
+            check.check(f.name, getattr(settings, f.name))
+
+
+def checks(settings_class: type) -> dict[str, Check]:
+    """The checks the dataclass `settings_class` declares, by setting: the argparse `type` of each."""
+    return {f.name: f.metadata["check"] for f in fields(settings_class) if "check" in f.metadata}
+
+
+def _probe(folder: str) -> None:
+    """Raise OSError unless a file can be created in `folder` (os.access says yes to root everywhere, and
+    to anyone in folders such as /sys that refuse new files)."""
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+
+
+def check_writable_dir(path: str) -> None:
+    """Raise OSError naming `path` unless it is a folder, or can be made one, where files can be written."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(f"{path} cannot be a folder: {existing} is not a directory")
+    try:
+        _probe(existing)
+    except OSError as error:
+        raise PermissionError(f"{path} cannot be written: no file can be created in {existing} ({error})") from error
+
+
+def check_writable_file(path: str) -> None:
+    """Raise OSError naming `path` unless a file can be written there (its folder exists and is writable)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory, not a file to write")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{path} cannot be written: its folder {folder} does not exist")
+    try:
+        _probe(folder)
+    except OSError as error:
+        raise PermissionError(f"{path} cannot be written: no file can be created in {folder} ({error})") from error
+
+
+def _argparse_type(check: Callable[[str], None]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        try:
+            check(text)
+        except OSError as error:
+            raise argparse.ArgumentTypeError(str(error)) from error
+        return text
+
+    return parse
+
+
+writable_dir = _argparse_type(check_writable_dir)  # argparse types: a folder to write in, a file to write
+writable_file = _argparse_type(check_writable_file)
