@@ -68,12 +68,17 @@ def nvidia_wheel_dir(kind: str) -> str | None:
 
 def make_extension(with_cuda: bool) -> cpp_extension.CppExtension:
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/autograd/*.cpp"))
+    # -fopenmp: at::parallel_for is a header template over `#pragma omp parallel`; without the flag every
+    # CPU kernel of the extension runs on one thread.
+    cxx = ["-O3", "-fopenmp"]
     if not with_cuda:
-        return cpp_extension.CppExtension(EXTENSION, sources, extra_compile_args={"cxx": ["-O3"]})
+        return cpp_extension.CppExtension(EXTENSION, sources, extra_compile_args={"cxx": cxx},
+                                          extra_link_args=["-fopenmp"])
     include = nvidia_wheel_dir("include")
     extension = cpp_extension.CUDAExtension(
         EXTENSION, sources + CUDA_SOURCES, define_macros=[("AWNET_WITH_CUDA", None)],
-        include_dirs=[include] if include else [], extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo"]})
+        include_dirs=[include] if include else [], extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
+        extra_link_args=["-fopenmp"])
     # Link the CUDA runtime that torch loads: CUDA_HOME's lib (derived from where nvcc is) may have none.
     runtime = f"libcudart.so.{torch.version.cuda.split('.')[0]}"
     lib = nvidia_wheel_dir("lib")
