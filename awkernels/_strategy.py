@@ -7,8 +7,9 @@ the input's device by the table of measured winners, `strategy_table.json` (writ
 `python -m bench.strategy_table` from the benchmark results), and for a call it has no measurement of, by
 the nearest measured one: same device; then, in order, the same dtype, the same pass (inference,
 training, attack), the nearest K, the same coefficient level, and the nearest output pixels per sample and
-weight size (log scale). With no measurement for the device, the rule: the first of scaled, stacked,
-blend, grouped that serves the case (one vendor convolution first). `explain(...)` says which strategy a
+weight size (log scale), if those are within 8x of the call's (a winner is not extrapolated further: tiny
+layers, where host time decides, are not like any measured one). Otherwise the rule: the first of scaled,
+stacked, blend, grouped that serves the case (one vendor convolution first). `explain(...)` says which strategy a
 call gets and why; the `awkernels` logger says it at DEBUG level once per distinct call.
 """
 from __future__ import annotations
@@ -115,20 +116,40 @@ def _backend_on(strategy: Strategy, device: str) -> str | None:
     return None
 
 
+# What a call's checks and strategy choice concluded, by the call's metadata (aw_conv2d._plan): they read
+# nothing else, so a layer called again with the same shapes skips them (most of the Python time per call).
+PLANS: dict[tuple, tuple] = {}
+
+
+def clear() -> None:
+    """Forget every choice made (after the table changed)."""
+    choose.cache_clear()
+    PLANS.clear()
+
+
 @functools.cache
 def _table() -> dict:
     with open(TABLE_PATH) as f:
         return json.load(f)
 
 
-def _distance(entry: dict, call: ConvCall) -> tuple:
-    def log_ratio(a, b):
-        return abs(math.log(max(a, 1) / max(b, 1)))
+MAX_SHAPE_RATIO = 8.0
+
+
+def _log_ratio(a, b) -> float:
+    return abs(math.log(max(a, 1) / max(b, 1)))
+
+
+def _shape_distances(entry: dict, call: ConvCall) -> tuple[float, float]:
+    """log ratios of the output pixels per sample and of the weight size."""
     weight_size = call.c_in * call.c_out * call.kernel[0] * call.kernel[1] // call.groups
+    return (_log_ratio(entry["out_pixels"], call.out_pixels),
+            _log_ratio(entry["c_in"] * entry["c_out"] * entry["kernel"] ** 2, weight_size))
+
+
+def _distance(entry: dict, call: ConvCall) -> tuple:
     return (entry["dtype"] != call.dtype, entry["pass"] != call.pass_, abs(entry["banks"] - call.banks),
-            entry["level"] != call.level,
-            log_ratio(entry["out_pixels"], call.out_pixels)
-            + log_ratio(entry["c_in"] * entry["c_out"] * entry["kernel"] ** 2, weight_size))
+            entry["level"] != call.level, sum(_shape_distances(entry, call)))
 
 
 def _measured(call: ConvCall, candidates: dict[str, str]) -> Choice | None:
@@ -138,6 +159,8 @@ def _measured(call: ConvCall, candidates: dict[str, str]) -> Choice | None:
     if not entries:
         return None
     nearest = min(entries, key=lambda e: _distance(e, call))
+    if max(_shape_distances(nearest, call)) > math.log(MAX_SHAPE_RATIO):
+        return None
     timed = {name: ms for name, ms in nearest["ms"].items() if name in candidates}
     if not timed:
         return None
@@ -175,8 +198,9 @@ def auto_choice(call: ConvCall) -> Choice:
     if measured is not None:
         return measured
     first = next(iter(candidates))  # STRATEGIES is in the rule's order; grouped serves every call
-    return Choice(first, candidates[first], f"no measurement for {call.device}: the rule (scaled, stacked, "
-                  "blend, grouped: the first that serves the call and runs here)")
+    return Choice(first, candidates[first], f"no measured case on {call.device} within {MAX_SHAPE_RATIO:g}x of "
+                  "this shape: the rule (scaled, stacked, blend, grouped: the first that serves the call and runs "
+                  "here)")
 
 
 @torch.compiler.assume_constant_result

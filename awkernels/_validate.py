@@ -66,7 +66,7 @@ def _float_input(x, ndim: int, shape_doc: str) -> None:
         raise TypeError(f"x must be float16, bfloat16, float32 or float64, got {x.dtype}")
 
 
-def _finite_coeff(coeff: torch.Tensor) -> None:
+def finite_coeff(coeff: torch.Tensor) -> None:
     if not DEBUG:
         return
     if torch.compiler.is_compiling():
@@ -119,7 +119,7 @@ def aw_conv2d_args(x, weight, coeff, bias, stride, padding, dilation, groups):
             raise ValueError(
                 f"x's spatial size {(height, width)} with padding {padding} is smaller than the dilated "
                 f"kernel {(dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)}")
-    _finite_coeff(coeff)
+    finite_coeff(coeff)
     return stride, padding, dilation
 
 
@@ -150,4 +150,4 @@ def mix_batch_norm_args(x, coeff, weight, bias, running_mean, running_var, train
         raise ValueError(f"eps must be a positive float, got {eps!r}")
     if training and batch * x.shape[2] * x.shape[3] == 1:
         raise ValueError("x has one value per channel; training needs more to compute batch statistics")
-    _finite_coeff(coeff)
+    finite_coeff(coeff)

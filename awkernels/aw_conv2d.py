@@ -39,11 +39,32 @@ def aw_conv2d(
         dtype = torch.get_autocast_dtype(x.device.type)
         x, weight, coeff = x.to(dtype), weight.to(dtype), coeff.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
-    stride, padding, dilation = _validate.aw_conv2d_args(x, weight, coeff, bias, stride, padding, dilation, groups)
-    call = _strategy.conv_call(x, weight, coeff, bias, stride, padding, dilation, groups)
-    backend = _strategy.backend_for(_backend.selected(x), *call)
+    backend, stride, padding, dilation = _plan(x, weight, coeff, bias, stride, padding, dilation, groups)
     if backend == "triton":
         return aw_conv2d_triton(x, weight, coeff, bias, stride, padding, dilation)
     if backend in ("cpp", "cuda"):  # the C++ extension, registered for both devices
         return torch.ops.awnet.aw_conv2d(x, weight, coeff, bias, stride, padding, dilation, groups)
     return reference.aw_conv2d(x, weight, coeff, bias, stride, padding, dilation, groups)
+
+
+def _plan(x, weight, coeff, bias, stride, padding, dilation, groups) -> tuple:
+    """(backend, stride, padding, dilation) for the call, after its checks."""
+    key = None
+    if not torch.compiler.is_compiling():
+        try:
+            key = (x.shape, weight.shape, coeff.shape, x.dtype, weight.dtype, coeff.dtype, x.device, weight.device,
+                   coeff.device, x.requires_grad, weight.requires_grad, coeff.requires_grad,
+                   None if bias is None else (bias.shape, bias.dtype, bias.device, bias.requires_grad),
+                   torch.is_grad_enabled(), stride, padding, dilation, groups, _backend._selected)
+            plan = _strategy.PLANS.get(key)
+        except (AttributeError, TypeError):  # not tensors, or unhashable arguments: the checks will say
+            key = plan = None
+        if plan is not None:
+            _validate.finite_coeff(coeff)  # the value check of debug mode runs on every call
+            return plan
+    stride, padding, dilation = _validate.aw_conv2d_args(x, weight, coeff, bias, stride, padding, dilation, groups)
+    call = _strategy.conv_call(x, weight, coeff, bias, stride, padding, dilation, groups)
+    plan = (_strategy.backend_for(_backend.selected(x), *call), stride, padding, dilation)
+    if key is not None and len(_strategy.PLANS) < 4096:
+        _strategy.PLANS[key] = plan
+    return plan

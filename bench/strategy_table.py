@@ -5,7 +5,9 @@
 Each result file (bench/results/<device>.json) replaces its device's part of the table ("cpu" or "cuda");
 the other devices' parts are kept. A strategy's time in a case is its benchmark's (the `strategy` the
 benchmark recorded; results from before strategies map cpp/cuda to scaled (K = 1) or stacked, triton to
-blend and reference to grouped); `plain`, `static` and `auto` rows are baselines, not strategies.
+blend and reference to grouped); `plain`, `static` and `auto` rows are baselines, not strategies. On a CPU
+a strategy's time is its fastest round, not the median: on a shared machine the median of a few rounds
+moves by tens of percent between runs, the minimum much less, and the table should not pick by noise.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ def entries(results: dict, timing: str) -> list[dict]:
         strategy = strategy_of(info) if "impl" in info else None
         if strategy not in BY_NAME or info.get("case") not in CASES or (info.get("model"), info.get("layer")) not in SHAPES:
             continue
-        time = seconds(bench, timing)
+        time = seconds(bench, timing) if "time_ms" in info else bench["stats"]["min"]
         if time is not None:
             timed[(info["model"], info["layer"], info["case"], info["dtype"], info["pass"])][strategy] = time * 1e3
     rows = []

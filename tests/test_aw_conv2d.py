@@ -71,6 +71,12 @@ CASES = [
              dtype=F64),
     ConvCase("batch1-K2-filter-d2-p1", batch=1, dilation=2, padding=1),
     ConvCase("batch1-K1-layer-1x1-g2-f64", batch=1, banks=1, level="layer", kernel=(1, 1), groups=2, dtype=F64),
+    # Larger than the CPU kernels' share per thread (ATen's grain of 32768 elements): several tasks per pass.
+    ConvCase("large-K2-filter-p1", batch=8, c_in=8, c_out=32, size=(24, 24), padding=1),
+    ConvCase("large-K3-layer-g2-p1-channels_last", batch=8, c_in=8, c_out=32, size=(24, 24), banks=3,
+             level="layer", groups=2, padding=1, layout="channels_last"),
+    ConvCase("large-K1-filter-p1-channels_last", batch=8, c_in=8, c_out=32, size=(24, 24), banks=1, padding=1,
+             layout="channels_last"),
     ConvCase("odd-B3-3to5-9x5-k2x3-s1x2-p0x1-d2x1", batch=3, c_in=3, c_out=5, size=(9, 5), kernel=(2, 3),
              banks=3, stride=(1, 2), padding=(0, 1), dilation=(2, 1)),
 ]

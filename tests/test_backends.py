@@ -113,7 +113,7 @@ def test_compile_fullgraph_matches_eager(backend, compiler):
 def test_triton_falls_back_for_cases_it_does_not_serve_and_says_why(caplog, banks, groups, reason):
     from awkernels import _strategy
 
-    _strategy.choose.cache_clear()  # a choice is made (and said) once per distinct call
+    _strategy.clear()  # a choice is made (and said) once per distinct call
     device = "cuda" if torch.cuda.is_available() else "cpu"
     x, weight, coeff = torch.randn(2, 4, 5, 5, device=device), torch.randn(banks, 6, 4 // groups, 3, 3, device=device), \
         torch.rand(2, banks, device=device)

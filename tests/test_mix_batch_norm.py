@@ -77,11 +77,20 @@ CASES = [
     BNCase("eval-K3-hard-noncontiguous-f64", False, banks=3, coeff="hard", layout="noncontiguous", dtype=F64),
     BNCase("eval-K2-soft-channels_last-f64", False, layout="channels_last", dtype=F64),
     BNCase("eval-batch1-K2-soft", False, batch=1),
+    # Larger than the CPU kernels' share per thread (ATen's grain of 32768 elements): several tasks per pass.
+    BNCase("train-K2-soft-large", True, batch=8, channels=32, size=(24, 24)),
+    BNCase("train-K2-hard-large-channels_last", True, coeff="hard", batch=8, channels=32, size=(24, 24),
+           layout="channels_last"),
+    BNCase("train-K2-soft-5000-channels", True, batch=4, channels=5000, size=(2, 2)),
+    BNCase("eval-K2-soft-large", False, batch=8, channels=32, size=(24, 24)),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_parity_output_gradients_and_running_stats(backend, case):
+    if case.channels > 1000 and backend.name == "triton" and backend.device.type == "cpu":
+        pytest.skip("sized for the C++ CPU finalize's tasks; under the Triton interpreter it takes a minute, and "
+                    "the triton kernels' tiles are exceeded by the other large cases")
     torch.manual_seed(0)
     exact = case.inputs()
     wrt = ("x", "coeff") + PARAMS

@@ -32,9 +32,9 @@ def table(monkeypatch):
     """Replace the committed table with the entries a test gives (for the CPU)."""
     def use(*entries):
         monkeypatch.setattr(_strategy, "_table", lambda: {"devices": {"cpu": {"entries": list(entries)}}})
-        _strategy.choose.cache_clear()
+        _strategy.clear()
     yield use
-    _strategy.choose.cache_clear()
+    _strategy.clear()
 
 
 @pytest.mark.parametrize("backend,banks,expected", [
@@ -83,7 +83,17 @@ def test_without_measurements_the_rule_picks_one_vendor_convolution(table):
     with awkernels.use_backend("auto"):
         assert awkernels.explain(*conv_args(banks=1, level="filter")).strategy == "scaled"
         assert awkernels.explain(*conv_args(banks=2)).strategy == "stacked"
-        assert "no measurement for cpu" in awkernels.explain(*conv_args()).reason
+        assert "no measured case on cpu" in awkernels.explain(*conv_args()).reason
+
+
+@needs_cpp
+def test_a_winner_is_not_extrapolated_far_from_its_shape(table):
+    table(entry({"grouped": 1.0, "stacked": 2.0}, out_pixels=1024, c_in=64, c_out=64))
+    with awkernels.use_backend("auto"):
+        near = awkernels.explain(*conv_args(size=16, c_in=64, c_out=64), padding=1)  # 256 pixels: 4x
+        far = awkernels.explain(*conv_args(size=8, c_in=64, c_out=64), padding=1)  # 64 pixels: 16x
+    assert near.strategy == "grouped" and far.strategy == "stacked"
+    assert "no measured case on cpu within 8x" in far.reason
 
 
 @needs_cpp

@@ -24,7 +24,7 @@ const acc_t* coeff_row(const acc_t* a, int64_t b, int64_t k, const BankDims& d) 
 
 template <typename scalar_t, typename acc_t>
 void mix_nchw(const scalar_t* banks, const acc_t* a, const acc_t* bias_b, scalar_t* y, const BankDims& d) {
-  at::parallel_for(0, d.batch * d.out, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, d.batch * d.out, grain(d.banks * d.pixels), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> row(d.banks > 1 ? d.pixels : 0);
     for (int64_t bo = begin; bo < end; ++bo) {
       const int64_t b = bo / d.out, o = bo % d.out;
@@ -53,7 +53,7 @@ void mix_nchw(const scalar_t* banks, const acc_t* a, const acc_t* bias_b, scalar
 template <typename scalar_t, typename acc_t>
 void mix_channels_last(const scalar_t* banks, const acc_t* a, const acc_t* bias_b, scalar_t* y, const BankDims& d) {
   const int64_t width = d.banks * d.out, groups = d.out / d.group_out;
-  at::parallel_for(0, d.batch * d.pixels, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, d.batch * d.pixels, grain(width), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> row(d.out);
     for (int64_t bp = begin; bp < end; ++bp) {
       const int64_t b = bp / d.pixels;
@@ -77,7 +77,7 @@ void mix_channels_last(const scalar_t* banks, const acc_t* a, const acc_t* bias_
 template <typename scalar_t, typename acc_t>
 void grads_nchw(const scalar_t* dy, const scalar_t* banks, const acc_t* a, scalar_t* dy_banks, acc_t* da,
                 acc_t* dy_sum, const BankDims& d) {
-  at::parallel_for(0, d.batch * d.out, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, d.batch * d.out, grain(d.banks * d.pixels), [&](int64_t begin, int64_t end) {
     for (int64_t bo = begin; bo < end; ++bo) {
       const int64_t b = bo / d.out, o = bo % d.out;
       const scalar_t* g = dy + bo * d.pixels;
@@ -104,7 +104,7 @@ void grads_channels_last(const scalar_t* dy, const scalar_t* banks, const acc_t*
                          acc_t* dy_sum, const BankDims& d) {
   const int64_t width = d.banks * d.out, groups = d.out / d.group_out;
   // One sample per task: its (K, C_out) dot products accumulate over all of its pixels, one row at a time.
-  at::parallel_for(0, d.batch, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, d.batch, grain(d.pixels * width), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> dots(width), sums(d.out);
     for (int64_t b = begin; b < end; ++b) {
       std::fill(dots.begin(), dots.end(), acc_t(0));

@@ -20,9 +20,6 @@
 namespace awnet::cpu {
 namespace {
 
-// Enough channels per task that a task outweighs its scheduling.
-constexpr int64_t kChannelGrain = 16;
-
 bool channels_last(const Tensor& x) {
   return x.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
 }
@@ -34,7 +31,7 @@ void moments(const scalar_t* x, acc_t* mean, acc_t* var, int64_t batch, int64_t 
              bool rows) {
   const acc_t inv = pixels ? acc_t(1) / static_cast<acc_t>(pixels) : acc_t(0);
   if (!rows) {
-    at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, batch * channels, grain(pixels), [&](int64_t begin, int64_t end) {
       for (int64_t bc = begin; bc < end; ++bc) {
         const scalar_t* v = x + bc * pixels;
         const acc_t m = inv * sum_of<acc_t>(pixels, [&](int64_t p) { return static_cast<acc_t>(v[p]); });
@@ -47,7 +44,7 @@ void moments(const scalar_t* x, acc_t* mean, acc_t* var, int64_t batch, int64_t 
     });
     return;
   }
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch, grain(pixels * channels), [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       acc_t* m = mean + b * channels;
       acc_t* s = var + b * channels;
@@ -71,7 +68,7 @@ template <typename scalar_t, typename acc_t>
 void grad_sums(const scalar_t* dy, const scalar_t* x, acc_t* dy_sum, acc_t* dy_x_sum, int64_t batch,
                int64_t channels, int64_t pixels, bool rows) {
   if (!rows) {
-    at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, batch * channels, grain(pixels), [&](int64_t begin, int64_t end) {
       for (int64_t bc = begin; bc < end; ++bc) {
         const scalar_t* g = dy + bc * pixels;
         const scalar_t* v = x + bc * pixels;
@@ -81,7 +78,7 @@ void grad_sums(const scalar_t* dy, const scalar_t* x, acc_t* dy_sum, acc_t* dy_x
     });
     return;
   }
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch, grain(pixels * channels), [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       acc_t* sum = dy_sum + b * channels;
       acc_t* dot = dy_x_sum + b * channels;
@@ -104,7 +101,7 @@ template <typename scalar_t, typename acc_t>
 void grad_input(const scalar_t* dy, const scalar_t* x, const acc_t* scale_dy, const acc_t* scale_x,
                 const acc_t* shift, scalar_t* dx, int64_t batch, int64_t channels, int64_t pixels, bool rows) {
   if (!rows) {
-    at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, batch * channels, grain(pixels), [&](int64_t begin, int64_t end) {
       for (int64_t bc = begin; bc < end; ++bc) {
         const acc_t a = scale_dy[bc], cx = scale_x[bc], c0 = shift[bc];
         const int64_t base = bc * pixels;
@@ -115,7 +112,7 @@ void grad_input(const scalar_t* dy, const scalar_t* x, const acc_t* scale_dy, co
     });
     return;
   }
-  at::parallel_for(0, batch * pixels, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch * pixels, grain(channels), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t bc = row / pixels * channels, base = row * channels;
       for (int64_t c = 0; c < channels; ++c)
@@ -143,7 +140,7 @@ void bn_finalize(const Tensor& w, const Tensor& sample_mean, const Tensor& sampl
         running_var.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>(),
         scale.data_ptr<scalar_t>(), shift.data_ptr<scalar_t>(), w.size(0), w.size(1), gamma.size(1),
         static_cast<scalar_t>(pixels), static_cast<scalar_t>(momentum), static_cast<scalar_t>(eps), training};
-    at::parallel_for(0, gamma.size(1), kChannelGrain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, gamma.size(1), grain(w.size(0) * w.size(1)), [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) step(c);
     });
   });
@@ -165,7 +162,7 @@ void bn_finalize_backward(const Tensor& w, const Tensor& dy_sum, const Tensor& d
         dgamma.data_ptr<scalar_t>(), dbeta.data_ptr<scalar_t>(), dcoeff.defined() ? per_channel.data() : nullptr,
         scale_dy.data_ptr<scalar_t>(), scale_x.data_ptr<scalar_t>(), shift.data_ptr<scalar_t>(), batch, banks,
         channels, static_cast<scalar_t>(pixels), static_cast<scalar_t>(eps), training};
-    at::parallel_for(0, channels, kChannelGrain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, channels, grain(batch * banks), [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) step(c);
     });
     if (dcoeff.defined()) {
