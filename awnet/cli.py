@@ -193,6 +193,9 @@ def add_train_parser(subparsers) -> None:
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on GPU")
     p.add_argument("--device", default=None, help="default: cuda (this process's GPU under torchrun) if any")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="run the model under torch.compile(fullgraph=True) (backend: inductor; aot_eager compiles "
+                        "faster on CPU)")
     p.set_defaults(handler=run_train)
 
 

@@ -46,10 +46,10 @@ def static_and_aw(name: str, banks: int = 1, omega: bool = True, seed: int = 0) 
 
 def perturb_signal_heads(model: AWNet, scale: float = 0.5, seed: int = 1) -> None:
     g = torch.Generator().manual_seed(seed)
+    heads = model.router.signal_heads  # every Signal Head, one Linear
     with torch.no_grad():
-        for head in model.router.signal_heads:
-            head.weight.copy_(scale * torch.randn(head.weight.shape, generator=g))
-            head.bias.copy_(scale * torch.randn(head.bias.shape, generator=g))
+        heads.weight.copy_(scale * torch.randn(heads.weight.shape, generator=g))
+        heads.bias.copy_(scale * torch.randn(heads.bias.shape, generator=g))
 
 
 def make_adversarial_side_differ(model: AWNet) -> None:
@@ -126,7 +126,7 @@ def test_two_banks_without_omega_compute_static_model():
     with torch.no_grad():
         for route in ROUTES:
             assert_close(aw(x, route=route_arg(route, 2)), static(x), TOL, f"route={route}")
-    assert aw.omegas == [] and len(aw.router.signal_heads) == 0
+    assert aw.omegas == [] and aw.router.signal_heads is None
 
 
 @pytest.mark.parametrize("route", [0, 1])
@@ -182,19 +182,17 @@ def test_unforced_route_mixes_by_p_type():
     _, aw = static_and_aw("smallcnn", banks=2)
     make_adversarial_side_differ(aw)
     x = images("smallcnn")
+    heads, blocks = aw.router.type_heads, aw.router.num_blocks  # every Type Head, one Linear
     with torch.no_grad():
-        for head in aw.router.type_heads:  # a router sure that everything is clean, then adversarial
-            head.weight.zero_()
-            head.bias.copy_(torch.tensor([30.0, -30.0]))
+        heads.weight.zero_()  # a router sure that everything is clean, then adversarial
+        heads.bias.copy_(torch.tensor([30.0, -30.0]).repeat(blocks))
         sure_clean = aw(x)
         assert aw.adversarial_score.max() < 1e-6
-        for head in aw.router.type_heads:
-            head.bias.copy_(torch.tensor([-30.0, 30.0]))
+        heads.bias.copy_(torch.tensor([-30.0, 30.0]).repeat(blocks))
         sure_adversarial = aw(x)
         assert_close(sure_clean, aw(x, route=0), TOL, "p_type = clean")
         assert_close(sure_adversarial, aw(x, route=1), TOL, "p_type = adversarial")
-        for head in aw.router.type_heads:
-            head.bias.zero_()
+        heads.bias.zero_()
         halfway = aw(x)
     assert all(torch.allclose(p, torch.full_like(p, 0.5)) for p in aw.p_types)
     assert (halfway - sure_clean).abs().max() > 1e-3 and (halfway - sure_adversarial).abs().max() > 1e-3
@@ -209,6 +207,68 @@ def test_bad_routes_are_refused():
         aw(x, route=torch.zeros(3))
     with pytest.raises(TypeError, match="route must be"):
         aw(x, route="clean")
+
+
+def per_head_state_dict(model: AWNet) -> dict[str, torch.Tensor]:
+    """`model`'s state dict in the layout before the router's heads were fused: one Linear per head."""
+    state, router = model.state_dict(), model.router
+    for heads, sizes in (("signal_heads", router.conv_channels), ("type_heads", (2,) * router.num_blocks)):
+        for param in ("weight", "bias"):
+            for i, part in enumerate(state.pop(f"router.{heads}.{param}").split(sizes)):
+                state[f"router.{heads}.{i}.{param}"] = part.clone()
+    return state
+
+
+def per_head_router(router, state: dict[str, torch.Tensor], x: torch.Tensor):
+    """The router's outputs computed as before the fusion, head by head from a per-head state dict."""
+    features = router.features(router.normalize(x))
+
+    def head(kind: str, i: int) -> torch.Tensor:
+        return F.linear(features, state[f"router.{kind}.{i}.weight"], state[f"router.{kind}.{i}.bias"])
+
+    omegas = [2 * torch.sigmoid(head("signal_heads", i)) for i in range(len(router.conv_channels))]
+    type_logits = [head("type_heads", j) for j in range(router.num_blocks)]
+    p_types = [logits.softmax(dim=1) for logits in type_logits]
+    return omegas, type_logits, p_types, torch.stack([p[:, 1] for p in p_types]).mean(dim=0)
+
+
+@pytest.mark.parametrize("banks", [1, 2])
+def test_fused_heads_compute_the_per_head_router(banks):
+    _, aw = static_and_aw("resnet18", banks)
+    perturb_signal_heads(aw)
+    x = images("resnet18")
+    with torch.no_grad():
+        aw(x)
+        omegas, type_logits, p_types, score = per_head_router(aw.router, per_head_state_dict(aw), x)
+    for name, got, expected in (("omega", aw.omegas, omegas), ("type logits", aw.type_logits, type_logits),
+                                ("p_type", aw.p_types, p_types)):
+        assert len(got) == len(expected), name
+        for i, (g, e) in enumerate(zip(got, expected)):
+            assert_close(g, e, 1e-6, f"{name} {i}")
+    assert_close(aw.adversarial_score, score, 1e-6, "adversarial score")
+
+
+def test_a_per_head_state_dict_and_checkpoint_still_load(tmp_path):
+    from awnet.checkpoint import FORMAT, _digest
+
+    torch.manual_seed(0)
+    model = randomize_bns(awnet.models.build("resnet18", aw=True, banks=2)).eval()
+    perturb_signal_heads(model)
+    old = per_head_state_dict(model)
+    assert "router.signal_heads.19.weight" in old and "router.type_heads.8.bias" in old
+    x = images("resnet18")
+    fresh = awnet.models.build("resnet18", aw=True, banks=2).eval()
+    fresh.load_state_dict(old)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x))
+    config = json.dumps(model.config, sort_keys=True)
+    path = tmp_path / "per_head.safetensors"
+    save_file(old, path, {"format": FORMAT, "config": config, "sha256": _digest(config, old)})
+    with torch.no_grad():
+        assert torch.equal(awnet.load(path)(x), model(x))
+    del old["router.type_heads.3.weight"]
+    with pytest.raises(ValueError, match="misses heads"):
+        fresh.load_state_dict(old)
 
 
 # --- gradients through the router ---------------------------------------------------------------------------
@@ -246,8 +306,9 @@ def test_router_outputs_stay_in_the_graph_and_type_loss_trains_type_heads():
     expected = sum(F.cross_entropy(t, torch.tensor([0, 1])) for t in aw.type_logits) / len(aw.type_logits)
     assert_close(loss, expected, 1e-6, "type loss")
     loss.backward()
-    assert all(head.weight.grad.abs().max() > 0 for head in aw.router.type_heads)
-    assert all(head.weight.grad is None for head in aw.router.signal_heads)
+    type_grads = aw.router.type_heads.weight.grad.split(2)  # per Type Head
+    assert len(type_grads) == aw.router.num_blocks and all(g.abs().max() > 0 for g in type_grads)
+    assert aw.router.signal_heads.weight.grad is None
 
 
 def test_compiled_aw_resnet18_runs_forward_and_backward_without_graph_break():

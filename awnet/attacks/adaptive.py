@@ -27,6 +27,7 @@ from .pgd import pgd
 
 def is_routed(model: nn.Module) -> bool:
     """Whether `model` routes its inputs (its forward accepts `route`), as an AW-Net does."""
+    model = getattr(model, "_orig_mod", model)  # the module inside a torch.compile wrapper
     return "route" in inspect.signature(model.forward).parameters
 
 

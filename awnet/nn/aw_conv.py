@@ -28,8 +28,8 @@ class AWConv2d(nn.Module):
     Args of forward:
         omega: (B, C_out) regulation signal, or None for 1 (layer-level coefficient).
         mix: (B, K) bank coefficients; required when K > 1, ignored when K = 1.
-    Inside an `AWNet` both come from the router through the shared `Signals` (omega from this layer's
-    Signal Head, mix from its block's p_type or the forced route) when forward gets neither.
+    Inside an `AWNet` the coefficient comes from the router through the shared `Signals` (omega from this
+    layer's Signal Head, mix from its block's p_type or the forced route) when forward gets neither.
     """
 
     def __init__(
@@ -100,9 +100,11 @@ class AWConv2d(nn.Module):
     def forward(self, x: torch.Tensor, omega: torch.Tensor | None = None,
                 mix: torch.Tensor | None = None) -> torch.Tensor:
         if omega is None and mix is None and self.signals is not None:
-            omega, mix = self.signals.conv_inputs(self.conv_index, self.block_index)
-        return awkernels.aw_conv2d(x, self.weight, self.coeff(x, omega, mix), self.bias,
-                                   self.stride, self.padding, self.dilation, self.groups)
+            coeff = self.signals.conv_coeff(self.conv_index)  # made for every layer at once, in its dtype
+        else:
+            coeff = self.coeff(x, omega, mix)
+        return awkernels.aw_conv2d(x, self.weight, coeff, self.bias, self.stride, self.padding, self.dilation,
+                                   self.groups)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

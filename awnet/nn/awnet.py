@@ -14,7 +14,7 @@ from torch import nn
 from .aw_conv import AWConv2d
 from .mix_bn import MixBatchNorm2d
 from .router import AdversarialRouter
-from .signals import Signals, route_mix
+from .signals import Signals
 
 
 class AWNet(nn.Module):
@@ -33,50 +33,58 @@ class AWNet(nn.Module):
         super().__init__()
         self.body = body
         self.router = router
-        self.signals = Signals()
         convs = [m for m in body.modules() if isinstance(m, AWConv2d)]
         norms = [m for m in body.modules() if isinstance(m, MixBatchNorm2d)]
         if router.omega and router.conv_channels != tuple(conv.out_channels for conv in convs):
             raise ValueError(f"the router's Signal Heads give {router.conv_channels} channels, the body's "
                              f"AWConv2d layers have {tuple(conv.out_channels for conv in convs)}")
+        banks = {conv.banks for conv in convs}
+        if len(banks) > 1:  # the signals are made for all convolutions at once
+            raise ValueError(f"the body's AWConv2d layers must share one number of banks, got {sorted(banks)}")
         for layer in convs + norms:
             if not 0 <= layer.block_index < router.num_blocks:
                 raise ValueError(f"a layer's block_index {layer.block_index} has no Type Head "
                                  f"(the router has {router.num_blocks})")
+        self.signals = Signals([conv.out_channels for conv in convs], [conv.block_index for conv in convs],
+                               [norm.block_index for norm in norms], banks.pop() if banks else 1)
+        for layer in convs + norms:
             layer.signals = self.signals
         for conv_index, conv in enumerate(convs):
             conv.conv_index = conv_index
+        for norm_index, norm in enumerate(norms):
+            norm.norm_index = norm_index
         self.config: dict | None = None  # the builder's arguments when built by awnet.models.build
 
     def forward(self, x: torch.Tensor, route: int | torch.Tensor | None = None) -> torch.Tensor:
-        out = self.router(x)
-        signals = self.signals
-        signals.omegas, signals.type_logits, signals.p_types = out.omegas, out.type_logits, out.p_types
-        signals.adversarial_score = out.adversarial_score
-        signals.mixes = out.p_types if route is None else [route_mix(route, x)] * len(out.p_types)
+        self.signals.update(self.router(x), route, x)
         return self.body(x)
 
     @property
     def omegas(self) -> list[torch.Tensor]:
         """Per AW convolution, (B, C_out); empty for a two-bank AW-Net without omega."""
-        return self.signals.omegas
+        out = self.signals.router
+        return [] if out is None or out.signal is None else list(out.signal.split(self.signals.conv_channels, 1))
 
     @property
     def type_logits(self) -> list[torch.Tensor]:
         """Per block, (B, 2) [clean, adversarial] logits: the type loss's input."""
-        return self.signals.type_logits
+        out = self.signals.router
+        return [] if out is None else list(out.type_logits.unbind(1))
 
     @property
     def p_types(self) -> list[torch.Tensor]:
         """Per block, (B, 2) softmax of the type logits."""
-        return self.signals.p_types
+        out = self.signals.router
+        return [] if out is None else list(out.p_type.unbind(1))
 
     @property
     def adversarial_score(self) -> torch.Tensor | None:
         """(B,): mean over blocks of p_type[:, 1], the router's detection score."""
-        return self.signals.adversarial_score
+        out = self.signals.router
+        return None if out is None else out.adversarial_score
 
     def type_loss(self, types: torch.Tensor) -> torch.Tensor:
         """Mean over blocks of the cross-entropy of the last forward's type logits against the true types
         (B,), 0 = clean and 1 = adversarial."""
-        return torch.stack([F.cross_entropy(logits, types) for logits in self.type_logits]).mean()
+        logits = self.signals.router.type_logits  # (B, blocks, 2): every block has B samples, one mean over all
+        return F.cross_entropy(logits.flatten(0, 1), types.repeat_interleave(logits.shape[1]))

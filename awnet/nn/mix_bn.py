@@ -38,7 +38,9 @@ class MixBatchNorm2d(nn.Module):
             self.register_buffer("bias", torch.empty(shape, **factory), persistent=False)
         self.register_buffer("running_mean", torch.empty(shape, **factory))
         self.register_buffer("running_var", torch.empty(shape, **factory))
-        self.signals: Signals | None = None  # set by AWNet, with the block whose p_type mixes this layer
+        # Set by AWNet: where this layer's mix is, and the block whose Type Head gives it.
+        self.signals: Signals | None = None
+        self.norm_index = 0
         self.block_index = 0
         self.reset_parameters()
 
@@ -73,7 +75,8 @@ class MixBatchNorm2d(nn.Module):
             if self.signals is None:
                 raise ValueError("MixBatchNorm2d needs mix, the (B, 2) [clean, adversarial] coefficients, "
                                  "unless it belongs to an AWNet")
-            mix = self.signals.block_mix(self.block_index)
+            mix = self.signals.norm_mix(self.norm_index)
+        # Signals made the mix in the dtype the AW layers compute in: no cast unless this layer's input differs.
         return awkernels.mix_batch_norm(x, mix.to(x.dtype), self.weight, self.bias, self.running_mean,
                                         self.running_var, self.training, self.momentum, self.eps)
 

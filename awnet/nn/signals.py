@@ -5,43 +5,144 @@ signals omega of its convolutions and a type mixture for its MixBN (and bank ble
 arbitrary CNN whose forward calls its layers with one argument, so the layers cannot receive these as
 arguments: they read them from a `Signals` object that the AWNet fills at the start of every forward. It is
 a plain object, not a Module, so torch.compile traces its mutation without a graph break.
+
+What the layers read is made once per forward for all of them (DESIGN.md section 3: a step's cost is its
+number of kernels), already in the dtype the layers compute in: every AW convolution's coefficient is a
+contiguous chunk of one buffer gathered from the router's concatenated output in one operation, and every
+MixBN's mix a contiguous (B, 2) row of one gathered tensor.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from itertools import accumulate
+from typing import TYPE_CHECKING
+
 import torch
 
+if TYPE_CHECKING:
+    from .router import RouterOutput
+
 NUM_TYPES = 2  # [clean, adversarial]
+_CACHED_LAYOUTS = 16  # index tensors kept, a few per batch size: a run uses a few batch sizes
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the AW layers compute in: autocast's for x's device when it is on, else x's."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
 class Signals:
-    """What the router computed in the last forward. The tensors stay in the autograd graph."""
+    """What the router computed in the last forward, and what each layer reads of it. The tensors stay in the
+    autograd graph. Every layer reads its own slot (a tensor shared by several layers would have their
+    gradients added one by one in the backward).
 
-    def __init__(self):
+    Args:
+        conv_channels: C_out of each AW convolution, in the order of the router's Signal Heads.
+        conv_blocks: the block of each AW convolution.
+        norm_blocks: the block of each MixBN.
+        banks: K of every AW convolution.
+    """
+
+    def __init__(self, conv_channels: Sequence[int] = (), conv_blocks: Sequence[int] = (),
+                 norm_blocks: Sequence[int] = (), banks: int = 1):
+        self.conv_channels, self.conv_blocks = tuple(conv_channels), tuple(conv_blocks)
+        self.norm_blocks, self.banks = tuple(norm_blocks), banks
+        self.conv_starts = tuple(accumulate(self.conv_channels, initial=0))[:-1]  # in the concatenated channels
         self.clear()
 
     def clear(self) -> None:
-        self.omegas: list[torch.Tensor] = []  # per AW convolution, (B, C_out); empty without Signal Heads
-        self.mixes: list[torch.Tensor] | None = None  # per block, (B, 2): the forced route or its p_type
-        self.type_logits: list[torch.Tensor] = []  # per block, (B, 2)
-        self.p_types: list[torch.Tensor] = []  # per block, (B, 2)
-        self.adversarial_score: torch.Tensor | None = None  # (B,)
+        self.router: RouterOutput | None = None  # the router's outputs
+        self.coeffs: list[torch.Tensor] = []  # per AW convolution, its aw_conv2d coefficient
+        self.mixes: list[torch.Tensor] | None = None  # per MixBN, (B, 2): its block's forced route or p_type
+        self._layouts: dict[tuple, torch.Tensor] = {}
 
-    def block_mix(self, block_index: int) -> torch.Tensor:
+    def update(self, router: RouterOutput, route: int | torch.Tensor | None, x: torch.Tensor) -> None:
+        """Take a forward's router outputs and make every layer's input from them, in the layers' dtype."""
+        self.router = router
+        dtype = compute_dtype(x)
+        if route is None:
+            mix = router.p_type.to(dtype)  # (B, blocks, 2)
+        else:
+            mix = route_mix(route, x).to(dtype).unsqueeze(1)  # (B, 1, 2): every block alike
+        every_block = mix.expand(-1, router.p_type.shape[1], -1)
+        self.mixes = self._per_layer(every_block, self.norm_blocks, "norms")
+        if router.signal is None:  # layer-level: the block's mix blends the banks; one bank is the static conv
+            if self.banks > 1:
+                self.coeffs = self._per_layer(every_block, self.conv_blocks, "convs")
+            else:
+                self.coeffs = [x.new_ones(x.shape[0], 1, dtype=dtype)] * len(self.conv_blocks)
+            return
+        coeff = router.signal.to(dtype).unsqueeze(1)  # (B, 1, sum of C_out)
+        if self.banks > 1:  # a[b, k, o] = mix[b, k] * omega[b, o], every convolution at once
+            per_channel = mix if route is not None else mix.index_select(1, self._channel_blocks(x.device))
+            coeff = per_channel.transpose(1, 2) * coeff
+        self.coeffs = self._by_convolution(coeff)
+
+    def conv_coeff(self, conv_index: int) -> torch.Tensor:
         if self.mixes is None:
             raise RuntimeError("this layer belongs to an AWNet: call the AWNet, not its body")
-        return self.mixes[block_index]
+        return self.coeffs[conv_index]
 
-    def conv_inputs(self, conv_index: int, block_index: int) -> tuple[torch.Tensor | None, torch.Tensor]:
-        omega = self.omegas[conv_index] if self.omegas else None
-        return omega, self.block_mix(block_index)
+    def norm_mix(self, norm_index: int) -> torch.Tensor:
+        if self.mixes is None:
+            raise RuntimeError("this layer belongs to an AWNet: call the AWNet, not its body")
+        return self.mixes[norm_index]
+
+    def _layout(self, key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """An index tensor, built once per key in eager mode. Under torch.compile it is built in the graph,
+        where the compiler folds it, so the graph has no Python state to guard."""
+        if torch.compiler.is_compiling():
+            return build()
+        if key not in self._layouts:
+            if len(self._layouts) >= _CACHED_LAYOUTS:
+                self._layouts.clear()
+            self._layouts[key] = build()
+        return self._layouts[key]
+
+    def _per_layer(self, mix: torch.Tensor, layer_blocks: tuple[int, ...], kind: str) -> list[torch.Tensor]:
+        """(B, blocks, 2) -> per layer its block's (B, 2) mix, a contiguous row of one gathered tensor."""
+        batch, blocks, types = mix.shape
+        device = mix.device
+
+        def build() -> torch.Tensor:  # row l holds mix[:, layer_blocks[l], :]
+            block = torch.tensor(layer_blocks, device=device).view(-1, 1, 1)
+            sample = torch.arange(batch, device=device).view(1, -1, 1)
+            return ((sample * blocks + block) * types + torch.arange(types, device=device)).flatten()
+
+        rows = mix.take(self._layout((kind, batch, device), build))
+        return list(rows.view(len(layer_blocks), batch, types).unbind(0))
+
+    def _channel_blocks(self, device: torch.device) -> torch.Tensor:
+        """The block of every output channel of every AW convolution, concatenated."""
+        def build() -> torch.Tensor:
+            return torch.tensor([block for block, channels in zip(self.conv_blocks, self.conv_channels)
+                                 for _ in range(channels)], device=device)
+        return self._layout(("channels", device), build)
+
+    def _by_convolution(self, coeff: torch.Tensor) -> list[torch.Tensor]:
+        """(B, K, sum of C_out) -> per convolution a contiguous (B, K, C_out) chunk of one buffer (the ops
+        read their coefficient contiguous: slices of `coeff` would each cost a copy)."""
+        batch, banks, total = coeff.shape
+        device = coeff.device
+
+        def build() -> torch.Tensor:  # chunk i holds coeff[:, :, start_i:start_i + C_i], row-major
+            rows = torch.arange(batch * banks, device=device).view(batch, banks, 1) * total
+            return torch.cat([(rows + torch.arange(start, start + channels, device=device)).flatten()
+                              for start, channels in zip(self.conv_starts, self.conv_channels)])
+
+        chunks = coeff.take(self._layout((batch, banks, device), build))
+        chunks = chunks.split([batch * banks * channels for channels in self.conv_channels])
+        return [chunk.view(batch, banks, channels) for chunk, channels in zip(chunks, self.conv_channels)]
 
     # Copies and pickles of a model start with no signals: the last forward's tensors belong to its graph
     # (deepcopy refuses non-leaf tensors), and sharing between the copied layers is kept by deepcopy's memo.
     def __getstate__(self) -> dict:
-        return {}
+        return {"conv_channels": self.conv_channels, "conv_blocks": self.conv_blocks,
+                "norm_blocks": self.norm_blocks, "banks": self.banks}
 
     def __setstate__(self, state: dict) -> None:
-        self.clear()
+        self.__init__(**state)
 
 
 def route_mix(route: int | torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -34,10 +34,11 @@ from ..data import DATASETS, load_dataset
 from ..eval.metrics import outcomes
 from ..models import build
 from ..nn import AWNet
+from ..nn.router import fuse_per_head_layout
 from ..settings import (
     BANKS, FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_INT, ROUTER_WIDTH, check_settings, check_writable_dir, setting,
 )
-from .recipes import ADVERSARIAL_RECIPES, AW_RECIPES, RECIPES, MTARDWeights, RecipeContext
+from .recipes import ADVERSARIAL_RECIPES, AW_RECIPES, RECIPES, MTARDWeights, Recipe, RecipeContext
 from .state import MODEL, load_checkpoint, remove_stale_temporaries, save_checkpoint, write_logs
 
 
@@ -80,10 +81,13 @@ class TrainConfig:
     amp: bool = True  # mixed precision on GPU (bfloat16 where supported, else float16 with loss scaling)
     device: Optional[str] = None
     progress: bool = True
+    # Run the model under torch.compile(fullgraph=True) with this backend ("inductor", "aot_eager", ...):
+    # the attacks' and the loss pass's forwards and backwards, each one graph.
+    compile: Optional[str] = None
     resume: bool = False  # continue the run whose checkpoint is in `out`
 
-    # Settings that change nothing a run computes: a resume may change them.
-    COSMETIC = ("out", "progress", "device", "resume")
+    # Settings that change nothing a run computes (compile: up to rounding): a resume may change them.
+    COSMETIC = ("out", "progress", "device", "resume", "compile")
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -234,6 +238,10 @@ def _train(config: TrainConfig, rank: int, world: int) -> list[dict[str, Any]]:
     history: list[dict[str, Any]] = []
 
     if saved is not None:
+        if fuse_per_head_layout(dict(saved["model"]), "router."):  # the optimizer state is per parameter
+            raise ValueError(f"{config.out} holds a run whose router has one Linear per head (an older layout), "
+                             "whose optimizer state cannot be resumed: start a new run in another folder with "
+                             f"--init {os.path.join(config.out, MODEL)}")
         net.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
@@ -241,11 +249,13 @@ def _train(config: TrainConfig, rank: int, world: int) -> list[dict[str, Any]]:
         mtard.load_state_dict(saved["mtard"])
         history = saved["history"]
 
+    # The steps call `stepped`; checkpoints and the per-epoch validation use the bare `net`.
+    stepped = net if config.compile is None else torch.compile(net, fullgraph=True, backend=config.compile)
     if world > 1:
-        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        model = DistributedDataParallel(stepped, device_ids=[device.index] if device.type == "cuda" else None)
     else:
-        model = net
-    ctx = RecipeContext(model, net, config.eps, 0.0, config.attack_steps, config.trades_beta,
+        model = stepped
+    ctx = RecipeContext(model, stepped, config.eps, 0.0, config.attack_steps, config.trades_beta,
                         teachers["clean_teacher"], teachers["robust_teacher"], mtard, config.temperature,
                         config.type_weight, config.evasion_fraction, config.evasion_weight,
                         config.deployed_weight)
@@ -274,6 +284,21 @@ def _train(config: TrainConfig, rank: int, world: int) -> list[dict[str, Any]]:
     return history
 
 
+def train_step(ctx: RecipeContext, recipe: Recipe, optimizer, scaler, schedule, x: Tensor, y: Tensor,
+               amp: bool) -> tuple[Tensor, dict[str, Tensor]]:
+    """One step: the recipe's loss, its backward and the update. Returns the loss and the recipe's statistics,
+    still on the device: nothing here waits for it (the statistics are read once per epoch), except float16's
+    loss scaling, whose skipped-step check reads the device."""
+    with _autocast(amp):
+        loss, stats = recipe(ctx, x, y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    schedule.step()
+    return loss, stats
+
+
 def _epoch(config: TrainConfig, ctx: RecipeContext, optimizer, schedule, scaler, x_train: Tensor, y_train: Tensor,
            epoch: int, steps_per_epoch: int, rank: int, world: int, device: torch.device,
            amp: bool) -> dict[str, float]:
@@ -281,7 +306,8 @@ def _epoch(config: TrainConfig, ctx: RecipeContext, optimizer, schedule, scaler,
     torch.manual_seed(_seed(config.seed, epoch, rank))
     order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(_seed(config.seed, epoch)))
     recipe, total_steps = RECIPES[config.recipe], config.epochs * steps_per_epoch
-    sums: dict[str, Tensor] = {}
+    keys: list[str] = []
+    sums: Optional[Tensor] = None  # the statistics summed over the steps, on the device
     bar = tqdm(range(steps_per_epoch), desc=f"{config.recipe} epoch {epoch + 1}/{config.epochs}",
                disable=not config.progress or rank != 0, leave=False)
     for step in bar:
@@ -292,22 +318,16 @@ def _epoch(config: TrainConfig, ctx: RecipeContext, optimizer, schedule, scaler,
         ramp = 1.0 if config.eps_ramp <= 0 else min(1.0, done / config.eps_ramp)
         ctx.eps = config.eps * ramp if config.recipe in ADVERSARIAL_RECIPES else 0.0
         ctx.alpha = 2.5 * ctx.eps / config.attack_steps
-        with _autocast(amp):
-            loss, stats = recipe(ctx, x, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        schedule.step()
-        for key, value in stats.items():
-            sums[key] = sums.get(key, 0.0) + value.detach().double()
-        if step % 10 == 0:
+        loss, stats = train_step(ctx, recipe, optimizer, scaler, schedule, x, y, amp)
+        values = torch.stack([value.detach() for value in stats.values()]).double()  # one add for all
+        keys, sums = list(stats), values if sums is None else sums + values
+        if not bar.disable and step % 10 == 0:  # reading the loss waits for the device: only for a shown bar
             bar.set_postfix(loss=f"{loss.item():.3f}")
-    means = torch.stack(list(sums.values())) / steps_per_epoch
+    means = sums / steps_per_epoch
     if world > 1:
         dist.all_reduce(means)
         means /= world
-    return dict(zip(sums, means.tolist()))
+    return dict(zip(keys, means.tolist()))
 
 
 def _summary(row: dict[str, Any]) -> str:
@@ -318,4 +338,4 @@ def _summary(row: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-__all__ = ["TrainConfig", "make_model", "spread", "train", "validate"]
+__all__ = ["TrainConfig", "make_model", "make_schedule", "spread", "train", "train_step", "validate"]
