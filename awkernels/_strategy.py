@@ -8,7 +8,8 @@ the input's device by the table of measured winners, `strategy_table.json` (writ
 the nearest measured one: same device; then, in order, the same dtype, the same pass (inference,
 training, attack), the nearest K, the same coefficient level, and the nearest output pixels per sample and
 weight size (log scale), if those are within 8x of the call's (a winner is not extrapolated further: tiny
-layers, where host time decides, are not like any measured one). Otherwise the rule: the first of scaled,
+layers, where host time decides, are not like any measured one). A winner other than the rule's pick must be
+at least 5% faster than it there (a smaller win is run-to-run noise). Otherwise the rule: the first of scaled,
 stacked, blend, grouped that serves the case (one vendor convolution first). `explain(...)` says which strategy a
 call gets and why; the `awkernels` logger says it at DEBUG level once per distinct call.
 """
@@ -134,6 +135,7 @@ def _table() -> dict:
 
 
 MAX_SHAPE_RATIO = 8.0
+MIN_GAIN = 0.05  # a measured winner other than the rule's pick must be this much faster
 
 
 def _log_ratio(a, b) -> float:
@@ -165,9 +167,13 @@ def _measured(call: ConvCall, candidates: dict[str, str]) -> Choice | None:
     if not timed:
         return None
     best = min(timed, key=timed.get)
+    default = next(name for name in candidates if name in timed)  # the rule's pick among the timed
     exact = not any(_distance(nearest, call))
     where = "measured case" if exact else f"nearest measured case ({nearest['case']})"
     times = ", ".join(f"{name} {ms:.3g} ms" for name, ms in sorted(timed.items(), key=lambda kv: kv[1]))
+    if best != default and timed[best] > (1 - MIN_GAIN) * timed[default]:  # a win inside the noise
+        return Choice(default, candidates[default], f"the rule's pick: no strategy is {MIN_GAIN:.0%} faster in "
+                      f"the {where} in strategy_table.json: {times}")
     return Choice(best, candidates[best], f"fastest in the {where} in strategy_table.json: {times}")
 
 

@@ -97,6 +97,16 @@ def test_a_winner_is_not_extrapolated_far_from_its_shape(table):
 
 
 @needs_cpp
+def test_a_win_inside_the_noise_does_not_override_the_rule(table):
+    table(entry({"grouped": 0.98, "stacked": 1.0}))
+    with awkernels.use_backend("auto"), torch.no_grad():
+        assert awkernels.explain(*conv_args()).strategy == "stacked"
+    table(entry({"grouped": 0.90, "stacked": 1.0}))
+    with awkernels.use_backend("auto"), torch.no_grad():
+        assert awkernels.explain(*conv_args()).strategy == "grouped"
+
+
+@needs_cpp
 def test_a_k1_measurement_says_nothing_about_blending(table):
     table(entry({"grouped": 1.0, "scaled": 2.0}, banks=1, level="filter"))
     with awkernels.use_backend("auto"):
