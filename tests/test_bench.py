@@ -54,9 +54,20 @@ def test_training_step_rounds_time_the_same_work():
     assert run.returncode == 0, run.stderr[-3000:]
 
 
+def _order_effect(extra_env: dict) -> dict:
+    run = subprocess.run([sys.executable, "-m", "bench.order_effect", "--json", "--rounds", "3", "--tolerance", "inf"],
+                         cwd=REPO_ROOT, env={**ENV, **extra_env}, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def test_numbers_do_not_depend_on_order():
-    """A short benchmark timed alone and after the suite's heaviest ones, in one process, within 25%."""
-    run = subprocess.run([sys.executable, "-m", "bench.order_effect", "--rounds", "9", "--tolerance", "0.25"],
-                         cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
-    assert "ratio" in run.stdout
+    """What made a benchmark's time depend on what ran before it (issue 22) is where glibc serves tensors
+    from: with its thresholds pinned (bench/conftest.py) a short benchmark runs from reused heap memory alone
+    and after the suite's heaviest ones; in the mmap regime every step faults its tensors in afresh (the
+    probe sees it). Page faults, not times: a time ratio on a shared machine is noise in a test."""
+    pinned = _order_effect({})
+    assert pinned["malloc"].startswith("glibc pinned"), pinned["malloc"]
+    assert pinned["alone"]["faults"] < 1000 and pinned["after_heavy"]["faults"] < 1000, pinned
+    mmapped = _order_effect({"AWNET_BENCH_MALLOC": "dynamic", "MALLOC_MMAP_THRESHOLD_": "65536"})
+    assert mmapped["alone"]["faults"] > 1000, mmapped
