@@ -184,7 +184,7 @@ def choose(call: ConvCall, selected: str) -> Choice:
         for strategy in STRATEGIES:
             if selected in strategy.backends and strategy.refuses(call) is None:
                 return _logged(call, Choice(strategy.name, selected, f"backend {selected!r} was selected"))
-        # The triton kernels serve groups=1 only: the case goes to a backend that serves it.
+        # None of its strategies serves the call (triton: groups != 1 or K > 8): auto picks one that does.
         refusals = "; ".join(f"{s.name}: {s.refuses(call)}" for s in STRATEGIES if selected in s.backends)
         fallback = auto_choice(call)
         log.warning("awkernels: backend %r does not serve this call (%s); using %r", selected, refusals,
