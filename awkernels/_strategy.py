@@ -130,8 +130,12 @@ def clear() -> None:
 
 @functools.cache
 def _table() -> dict:
-    with open(TABLE_PATH) as f:
-        return json.load(f)
+    try:
+        with open(TABLE_PATH) as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:  # an install without it (or a damaged one) still runs, by the rule
+        log.warning("awkernels: no strategy table (%s); auto uses the rule", error)
+        return {"devices": {}}
 
 
 MAX_SHAPE_RATIO = 8.0

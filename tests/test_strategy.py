@@ -149,6 +149,20 @@ def test_each_choice_is_logged_once(table, caplog):
     assert len(said) == 1 and "'stacked' strategy on the 'cpp' backend" in said[0], said
 
 
+@needs_cpp
+def test_a_missing_table_leaves_the_rule(monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr(_strategy, "TABLE_PATH", str(tmp_path / "missing.json"))
+    _strategy._table.cache_clear()
+    _strategy.clear()
+    try:
+        with caplog.at_level("WARNING", logger="awkernels"), awkernels.use_backend("auto"):
+            assert awkernels.explain(*conv_args()).strategy == "stacked"
+        assert "no strategy table" in caplog.text
+    finally:
+        _strategy._table.cache_clear()
+        _strategy.clear()
+
+
 def test_the_committed_table_is_well_formed():
     with open(_strategy.TABLE_PATH) as f:
         table = json.load(f)
