@@ -81,19 +81,24 @@ def conv_rows(benchmarks: list[dict], peaks: dict | None, timing: str = "events"
 
 
 def train_rows(benchmarks: list[dict], timing: str = "events") -> list[dict]:
-    steps = {b["extra_info"]["impl"]: b for b in benchmarks if b["extra_info"].get("pass") == "train-step"}
-    static = steps.get("static")
+    models = collections.defaultdict(dict)
+    for b in benchmarks:
+        if b["extra_info"].get("pass") == "train-step":
+            models[b["extra_info"].get("model", "-")][b["extra_info"]["impl"]] = b
     rows = []
-    for impl, bench in steps.items():
-        info, time = bench["extra_info"], seconds(bench, timing)
-        if time is None:
-            continue
-        reference = steps.get(f"{impl}-reference") if not impl.endswith("reference") else None
-        rows.append(dict(impl=impl, ms=time * 1e3, images_per_s=info["batch"] / time, peak_mb=info.get("peak_mb"),
-                         vs_static=_ratio(time, seconds(static, timing)),
-                         reference_vs_this=_ratio(seconds(reference, timing), time),
-                         memory_vs_static=(info["peak_mb"] / static["extra_info"]["peak_mb"]
-                                           if static and info.get("peak_mb") else None)))
+    for model, steps in models.items():
+        static = steps.get("static")
+        for impl, bench in steps.items():
+            info, time = bench["extra_info"], seconds(bench, timing)
+            if time is None:
+                continue
+            reference = steps.get(f"{impl}-reference") if not impl.endswith("reference") else None
+            rows.append(dict(model=model, impl=impl, batch=info["batch"], ms=time * 1e3,
+                             images_per_s=info["batch"] / time, peak_mb=info.get("peak_mb"),
+                             vs_static=_ratio(time, seconds(static, timing)),
+                             reference_vs_this=_ratio(seconds(reference, timing), time),
+                             memory_vs_static=(info["peak_mb"] / static["extra_info"]["peak_mb"]
+                                               if static and info.get("peak_mb") else None)))
     return rows
 
 
@@ -141,8 +146,9 @@ def report(results: dict, markdown: bool = False, timing: str = "events") -> str
     if train:
         out.append("\nPGD-10 adversarial-training step:")
         out.append(_table(
-            ["impl", "ms", "images/s", "peak MB", "x static time", "reference / this", "x static memory"],
-            [[r["impl"], _fmt(r["ms"], ".1f"), _fmt(r["images_per_s"], ".1f"), _fmt(r["peak_mb"], ".0f"),
+            ["model", "batch", "impl", "ms", "images/s", "peak MB", "x static time", "reference / this",
+             "x static memory"],
+            [[r["model"], str(r["batch"]), r["impl"], _fmt(r["ms"], ".1f"), _fmt(r["images_per_s"], ".1f"), _fmt(r["peak_mb"], ".0f"),
               _fmt(r["vs_static"]), _fmt(r["reference_vs_this"]), _fmt(r["memory_vs_static"])] for r in train],
             markdown))
     if not conv and not train:

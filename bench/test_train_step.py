@@ -1,7 +1,7 @@
 """One PGD-10 adversarial-training step (10 attack steps, then the update) end to end: AW-ResNet-18 on our
 kernels (`auto`) and on the reference backend, against the static ResNet-18 it is built from.
-On a GPU: batch 128 (AWNET_BENCH_BATCH) under bfloat16 autocast; on CPU, to stay a quick smoke test, the
-small MNIST CNN on a small float32 batch."""
+On a GPU: ResNet-18 at batch 128 (AWNET_BENCH_BATCH) under bfloat16 autocast; on CPU, float32, the small
+MNIST CNN at batch 100 and ResNet-18 at batch 8 (issue 18's settings)."""
 from __future__ import annotations
 
 import pytest
@@ -14,7 +14,8 @@ from awnet.attacks import pgd
 from bench.conftest import CUDA, DEVICE, measure
 from bench.test_aw_conv2d import BATCH
 
-MODEL, IMAGE = ("resnet18", (3, 32, 32)) if CUDA else ("smallcnn", (1, 28, 28))
+IMAGES = {"smallcnn": (1, 28, 28), "resnet18": (3, 32, 32)}
+MODELS = {"resnet18": BATCH} if CUDA else {"smallcnn": 100, "resnet18": 8}  # model: batch
 VARIANTS = {  # name: (aw, banks, backend)
     "static": (False, 1, "auto"),
     "awnet-banks1": (True, 1, "auto"),
@@ -24,17 +25,18 @@ VARIANTS = {  # name: (aw, banks, backend)
 }
 
 
-def make_step(variant: str):
+def make_step(variant: str, model_name: str = next(iter(MODELS))):
     """One PGD-10 training step of `variant` on a fixed batch, as a function returning the detached loss.
 
     Every call times the same work: it starts by restoring the parameters, buffers and momentum that the
     model had after its first (warm-up) step, so the update of one round never changes what the next
     round computes (one fused copy, the same for every variant)."""
     aw, banks, backend = VARIANTS[variant]
-    model = awnet.models.build(MODEL, aw=aw, banks=banks).to(DEVICE).train()
+    batch = MODELS[model_name]
+    model = awnet.models.build(model_name, aw=aw, banks=banks).to(DEVICE).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.rand(BATCH, *IMAGE, device=DEVICE)
-    y = torch.randint(0, 10, (BATCH,), device=DEVICE)
+    x = torch.rand(batch, *IMAGES[model_name], device=DEVICE)
+    y = torch.randint(0, 10, (batch,), device=DEVICE)
     forward = (lambda inputs: model(inputs, route=1)) if aw else model
 
     def update():
@@ -58,7 +60,9 @@ def make_step(variant: str):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_pgd10_training_step(benchmark, variant):
-    loss = measure(benchmark, make_step(variant), impl=variant, model=MODEL, layer="train-step", case="pgd10",
-                   dtype="bfloat16-autocast" if CUDA else "float32", batch=BATCH, **{"pass": "train-step"})
+@pytest.mark.parametrize("model_name", MODELS)
+def test_pgd10_training_step(benchmark, model_name, variant):
+    loss = measure(benchmark, make_step(variant, model_name), impl=variant, model=model_name, layer="train-step",
+                   case="pgd10", dtype="bfloat16-autocast" if CUDA else "float32", batch=MODELS[model_name],
+                   **{"pass": "train-step"})
     assert torch.isfinite(loss)
