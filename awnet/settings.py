@@ -72,11 +72,14 @@ def checks(settings_class: type) -> dict[str, Check]:
     return {f.name: f.metadata["check"] for f in fields(settings_class) if "check" in f.metadata}
 
 
-def _probe(folder: str) -> None:
-    """Raise OSError unless a file can be created in `folder` (os.access says yes to root everywhere, and
-    to anyone in folders such as /sys that refuse new files)."""
-    with tempfile.TemporaryFile(dir=folder):
-        pass
+def _probe(path: str, folder: str) -> None:
+    """Raise PermissionError naming `path` unless a file can be created in `folder` (os.access says yes to
+    root everywhere, and to anyone in folders such as /sys that refuse new files)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise PermissionError(f"{path} cannot be written: no file can be created in {folder} ({error})") from error
 
 
 def check_writable_dir(path: str) -> None:
@@ -86,10 +89,7 @@ def check_writable_dir(path: str) -> None:
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise NotADirectoryError(f"{path} cannot be a folder: {existing} is not a directory")
-    try:
-        _probe(existing)
-    except OSError as error:
-        raise PermissionError(f"{path} cannot be written: no file can be created in {existing} ({error})") from error
+    _probe(path, existing)
 
 
 def check_writable_file(path: str) -> None:
@@ -99,10 +99,7 @@ def check_writable_file(path: str) -> None:
         raise IsADirectoryError(f"{path} is a directory, not a file to write")
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{path} cannot be written: its folder {folder} does not exist")
-    try:
-        _probe(folder)
-    except OSError as error:
-        raise PermissionError(f"{path} cannot be written: no file can be created in {folder} ({error})") from error
+    _probe(path, folder)
 
 
 def _argparse_type(check: Callable[[str], None]) -> Callable[[str], str]:
