@@ -68,8 +68,11 @@ def test_numbers_do_not_depend_on_order():
     from: with its thresholds pinned (bench/conftest.py) a short benchmark runs from reused heap memory alone
     and after the suite's heaviest ones; in the mmap regime every step faults its tensors in afresh (the
     probe sees it). Page faults, not times: a time ratio on a shared machine is noise in a test."""
+    mmapped = _order_effect({"AWNET_BENCH_MALLOC": "dynamic", "MALLOC_MMAP_THRESHOLD_": "65536"})
     pinned = _order_effect({})
     assert pinned["malloc"].startswith("glibc pinned"), pinned["malloc"]
-    assert pinned["alone"]["faults"] < 1000 and pinned["after_heavy"]["faults"] < 1000, pinned
-    mmapped = _order_effect({"AWNET_BENCH_MALLOC": "dynamic", "MALLOC_MMAP_THRESHOLD_": "65536"})
-    assert mmapped["alone"]["faults"] > 1000, mmapped
+    # Relative, not absolute: the heap may still grow by a few MiB after the warm-up (CI saw 1.6k faults per
+    # round against ~490k in the mmap regime); what matters is the two orders of magnitude between regimes.
+    mmap_faults = mmapped["alone"]["faults"]
+    assert mmap_faults > 10_000, mmapped
+    assert max(pinned["alone"]["faults"], pinned["after_heavy"]["faults"]) < mmap_faults / 50, (pinned, mmapped)
