@@ -17,7 +17,7 @@ from typing import NoReturn, Optional, Sequence
 import torch
 from torch import nn
 
-from .settings import NON_NEGATIVE, POSITIVE_INT, checks, writable_dir, writable_file
+from .settings import NON_NEGATIVE, POSITIVE_INT, add_arguments, writable_dir, writable_file
 
 # Errors that a bad setting or file raises (OSError: a file that is missing, unreadable or unwritable).
 USER_ERRORS = (ValueError, TypeError, OSError)
@@ -56,6 +56,9 @@ def add_eval_parser(subparsers) -> None:
     p.add_argument("--attacks", type=attack_names, default=None,
                    help="comma-separated attacks (default: fgsm,pgd,cw,apgd-ce,apgd-dlr, plus "
                         "router-evasion,forced-clean,forced-adv for an AW-Net)")
+    p.add_argument("--autoattack", action="store_true",
+                   help="add autoattack (AutoAttack's standard version) and square (gradient-free, with a check "
+                        "that it does not beat the gradient attacks), both from torchattacks, to the attacks")
     p.add_argument("--steps", type=POSITIVE_INT, default=20, help="PGD / CW / router-evasion / forced-path steps")
     p.add_argument("--apgd-steps", type=POSITIVE_INT, default=100)
     p.add_argument("--restarts", type=POSITIVE_INT, default=1)
@@ -85,7 +88,9 @@ def attack_names(text: str) -> list[str]:
 def run_eval(args: argparse.Namespace) -> int:
     from .attacks import is_routed
     from .data import DATASETS, load_dataset
-    from .eval.report import attack_suite, default_attack_names, environment, evaluate, format_table, write_json
+    from .eval.report import (
+        AUTOATTACK_ATTACKS, attack_suite, default_attack_names, environment, evaluate, format_table, write_json,
+    )
 
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     torch.manual_seed(args.seed)
@@ -96,6 +101,8 @@ def run_eval(args: argparse.Namespace) -> int:
         x, y = x[:args.n], y[:args.n]
     eps = DATASETS[args.dataset].eps if args.eps is None else args.eps
     names = default_attack_names(model) if args.attacks is None else args.attacks
+    if args.autoattack:
+        names = names + [name for name in AUTOATTACK_ATTACKS if name not in names]
     suite = attack_suite(names, eps, args.steps, args.restarts, args.apgd_steps, args.evasion_weight)
     result = evaluate(model, x, y, suite, eps, args.batch_size, checks=not args.no_checks,
                       check_steps=args.steps, progress=not args.no_progress)
@@ -139,63 +146,13 @@ def run_analyze_weights(args: argparse.Namespace) -> int:
 
 
 def add_train_parser(subparsers) -> None:
-    from .data import DATASETS
-    from .train import RECIPES, TrainConfig
+    from .train import TrainConfig
 
-    d, check = TrainConfig(), checks(TrainConfig)
     p = subparsers.add_parser("train", parents=[DEBUG_OPTION], help="train a model with a recipe",
                               description="Train with a recipe; writes model.safetensors, checkpoint.pt (for "
                                           "--resume) and log.csv / log.json to --out every epoch. Under "
                                           "torchrun (python -m torch.distributed.run) it trains with DDP.")
-    p.add_argument("--recipe", required=True, choices=list(RECIPES))
-    p.add_argument("--model", default=None, help="architecture (awnet.models.build name; default: the "
-                                                   "dataset's, smallcnn for mnist5k)")
-    p.add_argument("--dataset", default=d.dataset, choices=sorted(DATASETS))
-    p.add_argument("--data-dir", default=None, help="folder holding cifar10 / cifar100 (python-pickle layout)")
-    p.add_argument("--out", type=writable_dir, default=d.out, metavar="DIR")
-    p.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
-    p.add_argument("--epochs", type=check["epochs"], default=d.epochs)
-    p.add_argument("--batch-size", type=check["batch_size"], default=d.batch_size, help="per process")
-    p.add_argument("--lr", type=check["lr"], default=d.lr, help="peak SGD learning rate (warm-up, then cosine)")
-    p.add_argument("--warmup", type=check["warmup"], default=d.warmup, help="warm-up fraction of the steps")
-    p.add_argument("--weight-decay", type=check["weight_decay"], default=d.weight_decay)
-    p.add_argument("--eps", type=check["eps"], default=None,
-                   help="Linf radius (default: the dataset's, 0.3 for mnist5k)")
-    p.add_argument("--eps-ramp", type=check["eps_ramp"], default=d.eps_ramp,
-                   help="fraction of the steps over which eps grows from 0")
-    p.add_argument("--attack-steps", type=check["attack_steps"], default=d.attack_steps,
-                   help="PGD steps of the training attacks")
-    p.add_argument("--trades-beta", type=check["trades_beta"], default=d.trades_beta)
-    p.add_argument("--clean-teacher", default=None, metavar="CKPT", help="awnet recipe: the clean teacher")
-    p.add_argument("--robust-teacher", default=None, metavar="CKPT", help="awnet recipe: the robust teacher")
-    p.add_argument("--init", default=None, metavar="CKPT",
-                   help="start from this checkpoint (a static one is converted for the awnet recipes)")
-    p.add_argument("--mtard-lr", type=check["mtard_lr"], default=d.mtard_lr, help="MTARD's weight learning rate")
-    p.add_argument("--temperature", type=check["temperature"], default=d.temperature, help="distillation temperature")
-    p.add_argument("--type-weight", type=check["type_weight"], default=d.type_weight,
-                   help="weight of the router's type loss")
-    p.add_argument("--evasion-fraction", type=check["evasion_fraction"], default=d.evasion_fraction,
-                   help="fraction of an AW-Net's training attacks that are router evasion")
-    p.add_argument("--evasion-weight", type=check["evasion_weight"], default=d.evasion_weight)
-    p.add_argument("--deployed-weight", type=check["deployed_weight"], default=d.deployed_weight,
-                   help="awnet recipe: weight of the distillation of the network as deployed (routed by its "
-                        "own router, not the true type)")
-    p.add_argument("--banks", type=int, default=d.banks, choices=(1, 2))
-    p.add_argument("--no-omega", dest="omega", action="store_false", help="two-bank AW-Net without omega")
-    p.add_argument("--router-width", type=check["router_width"], default=d.router_width)
-    p.add_argument("--n-train", type=check["n_train"], default=None,
-                   help="train on N samples spread over the train split")
-    p.add_argument("--val-n", type=check["val_n"], default=d.val_n,
-                   help="held-out samples for the per-epoch accuracies")
-    p.add_argument("--val-steps", type=check["val_steps"], default=d.val_steps,
-                   help="PGD steps of the per-epoch robust accuracy")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on GPU")
-    p.add_argument("--device", default=None, help="default: cuda (this process's GPU under torchrun) if any")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
-                   help="run the model under torch.compile(fullgraph=True) (backend: inductor; aot_eager compiles "
-                        "faster on CPU)")
+    add_arguments(p, TrainConfig)
     p.set_defaults(handler=run_train)
 
 
@@ -211,46 +168,19 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_reproduce_parser(subparsers) -> None:
-    from .data import DATASETS
     from .train.reproduce import ReproduceConfig
 
-    d, check = ReproduceConfig(), checks(ReproduceConfig)
     p = subparsers.add_parser("reproduce", parents=[DEBUG_OPTION],
-                              help="the main job: train the two teachers and an AW-Net, attack all three, write the "
-                                   "trade-off table",
-                              description="Train a standard model, a PGD-AT model and an AW-Net (MTARD from the "
-                                          "two) on one architecture, evaluate all three with the adaptive attack "
-                                          "suite (per-sample worst case), write DIR/report.json, DIR/table.md and "
-                                          "the weight-distribution plot. The defaults fit in 20 minutes on a "
-                                          "2-core CPU; a rerun resumes the training runs already in DIR.")
-    p.add_argument("--dataset", default=d.dataset, choices=sorted(DATASETS))
-    p.add_argument("--out", type=writable_dir, default=d.out, metavar="DIR")
-    p.add_argument("--data-dir", default=None, help="folder holding cifar10 / cifar100 (python-pickle layout)")
-    p.add_argument("--model", default=None, help="architecture of all three (default: the dataset's)")
-    p.add_argument("--standard-epochs", type=check["standard_epochs"], default=d.standard_epochs)
-    p.add_argument("--robust-epochs", type=check["robust_epochs"], default=d.robust_epochs)
-    p.add_argument("--teacher-lr", type=check["teacher_lr"], default=d.teacher_lr,
-                   help="peak learning rate of the two teachers")
-    p.add_argument("--awnet-epochs", type=check["awnet_epochs"], default=d.awnet_epochs)
-    p.add_argument("--awnet-init", default=d.awnet_init, choices=("robust", "none"),
-                   help="start the AW-Net from the robust teacher's weights (robust) or from scratch (none)")
-    p.add_argument("--awnet-lr", type=check["awnet_lr"], default=d.awnet_lr)
-    p.add_argument("--awnet-deployed-weight", type=check["awnet_deployed_weight"], default=d.awnet_deployed_weight,
-                   help="weight of the AW-Net's self-routed distillation loss (train --deployed-weight)")
-    p.add_argument("--n-train", type=check["n_train"], default=None,
-                   help="train on N samples spread over the train split")
-    p.add_argument("--val-n", type=check["val_n"], default=d.val_n, help="held-out samples for the per-epoch log")
-    p.add_argument("--n-eval", type=check["n_eval"], default=d.n_eval,
-                   help=f"evaluate on N test samples spread over the split (default {d.n_eval}; 0: all)")
-    p.add_argument("--eval-steps", type=check["eval_steps"], default=d.eval_steps,
-                   help="steps of PGD, CW, router evasion and forced-path transfer")
-    p.add_argument("--apgd-steps", type=check["apgd_steps"], default=d.apgd_steps)
-    p.add_argument("--restarts", type=check["restarts"], default=d.restarts)
-    p.add_argument("--check-steps", type=check["check_steps"], default=d.check_steps,
-                   help="PGD steps of the masking checks")
-    p.add_argument("--eval-batch-size", type=check["eval_batch_size"], default=d.eval_batch_size)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+                              help="the main job: train the teachers, optionally a TRADES model, and an AW-Net, "
+                                   "attack every model, write the trade-off table",
+                              description="Train a standard model, a PGD-AT model, optionally a TRADES model, and an "
+                                          "AW-Net (MTARD from the first two) on one architecture, evaluate every "
+                                          "model with the adaptive attack suite (per-sample worst case), write "
+                                          "DIR/report.json, DIR/table.md, the trade-off plot and the "
+                                          "weight-distribution plot. The dataset's defaults fit the README's "
+                                          "stated times on a 2-core CPU; a rerun resumes the training runs and "
+                                          "reuses the evaluations already in DIR.")
+    add_arguments(p, ReproduceConfig)
     p.set_defaults(handler=run_reproduce)
 
 

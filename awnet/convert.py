@@ -10,11 +10,16 @@ exactly nn.Sequential, nn.ModuleList or nn.ModuleDict (the model itself if there
 block with its shortcut Sequential is one block, the stem's conv and BN in the model's own attributes form
 one, a Sequential subclass such as torchvision's Conv2dNormActivation is one, and a model that is a plain
 Sequential of layers is a single block. Blocks are numbered in module order.
+
+`from_teachers` is the two-bank start that the paper's "divide and rule" suggests: the clean bank and clean
+BNs from a standard model, the adversarial ones from a robust model, so the clean route starts as the first
+and the adversarial route as the second (up to the layers AW-Net shares, which come from the robust model).
 """
 from __future__ import annotations
 
 import copy
 
+import torch
 from torch import Tensor, nn
 
 from .nn import AdversarialRouter, AWConv2d, AWNet, MixBatchNorm2d, Normalize
@@ -94,4 +99,34 @@ def convert(model: nn.Module, banks: int = 1, omega: bool = True, router_width: 
     config = getattr(model, "config", None)
     if isinstance(config, dict) and not config.get("aw", True):
         net.config = {**config, "aw": True, "banks": banks, "omega": omega, "router_width": router_width}
+    return net
+
+
+def from_teachers(clean: nn.Module, robust: nn.Module, omega: bool = True, router_width: int = 64) -> AWNet:
+    """A two-bank AW-Net whose clean bank (k = 0) and clean BNs start from `clean` (a standard model) and whose
+    adversarial bank (k = 1) and adversarial BNs start from `robust` (an adversarially trained one).
+
+    The two must be the same architecture. Everything AW-Net does not split by type (linear layers, the
+    input normalisation) is shared, and comes from `robust`: the adversarial route computes the robust model
+    exactly, the clean route the standard model's features through the robust model's shared layers.
+    """
+    for name, model in (("clean", clean), ("robust", robust)):
+        if isinstance(model, AWNet):
+            raise ValueError(f"{name} must be a static network, got an AWNet")
+    clean_state, robust_state = clean.state_dict(), robust.state_dict()
+    if {k: v.shape for k, v in clean_state.items()} != {k: v.shape for k, v in robust_state.items()}:
+        raise ValueError("clean and robust must be the same architecture: their state_dicts differ in names or "
+                         "shapes")
+    net = convert(robust, banks=2, omega=omega, router_width=router_width)
+    teacher = dict(clean.named_modules())
+    with torch.no_grad():
+        for name, layer in net.body.named_modules():
+            source = teacher.get(name)
+            if isinstance(layer, AWConv2d):
+                layer.weight[0].copy_(source.weight)
+                if layer.bias is not None:
+                    layer.bias[0].copy_(source.bias)
+            elif isinstance(layer, MixBatchNorm2d):
+                for key in ("running_mean", "running_var") + (("weight", "bias") if layer.affine else ()):
+                    getattr(layer, key)[0].copy_(getattr(source, key))
     return net

@@ -1,10 +1,12 @@
-"""Checks of settings, declared once beside each setting and applied wherever a value comes in.
+"""Settings declared once, each a dataclass field with its check and its help, and the command line derived
+from them.
 
-A settings dataclass declares a field as `epochs: int = setting(20, POSITIVE_INT)`; its `__post_init__` calls
-`check_settings(self)`, so a bad value fails when the settings are made (before any data is read or any
-training or attack starts), and the command line uses the same check as its argparse `type`
-(`checks(TrainConfig)["epochs"]`), so `awnet train --epochs 0` fails while parsing. A new setting
-declared with a check is checked in both places by construction.
+A settings dataclass declares a numeric field as `epochs: int = setting(20, POSITIVE_INT, "training epochs")`
+and any other as `out: str = option("runs/train", "output folder", type=writable_dir)`; its `__post_init__`
+calls `check_settings(self)`, so a bad value fails when the settings are made (before any data is read or any
+training or attack starts). `add_arguments(parser, TrainConfig)` gives every field an option whose argparse
+`type` is the same check, so `awnet train --epochs 0` fails while parsing. A new setting is one field: checked
+in both places, and on the command line with its help, by construction.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import math
 import numbers
 import os
 import tempfile
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Optional
 
@@ -54,9 +57,16 @@ NON_NEGATIVE = Check(False, "a finite number >= 0", lambda v: v >= 0)
 FRACTION = Check(False, "a number in [0, 1]", lambda v: 0 <= v <= 1)
 
 
-def setting(default: Any, check: Check) -> Any:
-    """A dataclass field whose values `check_settings` checks."""
-    return field(default=default, metadata={"check": check})
+def setting(default: Any, check: Check, help: str, **argparse_options: Any) -> Any:
+    """A numeric dataclass field whose values `check_settings` checks; `help` and `argparse_options` as
+    `option`'s."""
+    return field(default=default, metadata={"check": check, "help": help, "argparse": argparse_options})
+
+
+def option(default: Any, help: str, **argparse_options: Any) -> Any:
+    """A dataclass field without a numeric check (a name, a path, a switch), with its command-line `help` and
+    the argparse keywords of its option (`choices`, `metavar`, `type`, `required`, `nargs` and `const`)."""
+    return field(default=default, metadata={"help": help, "argparse": argparse_options})
 
 
 def check_settings(settings: Any) -> None:
@@ -67,9 +77,32 @@ def check_settings(settings: Any) -> None:
             check.check(f.name, getattr(settings, f.name))
 
 
-def checks(settings_class: type) -> dict[str, Check]:
-    """The checks the dataclass `settings_class` declares, by setting: the argparse `type` of each."""
-    return {f.name: f.metadata["check"] for f in fields(settings_class) if "check" in f.metadata}
+def _value_type(annotation: Any) -> Any:
+    """The type of a setting's values: `int` for `int` and for `Optional[int]`."""
+    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    return args[0] if typing.get_origin(annotation) is typing.Union and len(args) == 1 else annotation
+
+
+def add_arguments(parser: argparse.ArgumentParser, settings_class: type) -> None:
+    """Add an option per field of the dataclass `settings_class`, its value in the namespace under the field's
+    name: `--field-name`, parsed by the field's check (else its type), with its default, help and argparse
+    keywords. A bool field is a switch: `--no-field-name` when on by default, else `--field-name`."""
+    types = typing.get_type_hints(settings_class)
+    for f in fields(settings_class):
+        if "help" not in f.metadata:
+            raise TypeError(f"{settings_class.__name__}.{f.name} has no help: declare it with setting() or option()")
+        flag, kind = f.name.replace("_", "-"), _value_type(types[f.name])
+        options = {"dest": f.name, "default": f.default, "help": f.metadata["help"], **f.metadata["argparse"]}
+        if kind is bool:
+            options["action"] = "store_false" if f.default else "store_true"
+            if f.default:
+                flag, options["help"] = f"no-{flag}", f"turn off: {options['help']}"
+        else:
+            options.setdefault("type", f.metadata.get("check", kind))
+            if f.default is not None and not options.get("required"):
+                shown = f"{f.default:g}" if isinstance(f.default, float) else f.default
+                options["help"] += f" (default: {shown})"
+        parser.add_argument(f"--{flag}", **options)
 
 
 def _probe(path: str, folder: str) -> None:

@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import awkernels
 import awnet
-from awnet.attacks import pgd
+from awnet.attacks import pgd, step_size
 from awnet.train.loop import make_schedule, train_step
 from awnet.train.recipes import AW_RECIPES, RECIPES, RecipeContext, eval_mode
 
@@ -91,7 +91,7 @@ def pgd10_step(name: str, variant: str, backend: str = "auto") -> Callable[[], t
     def step() -> torch.Tensor:
         with awkernels.use_backend(backend):
             with eval_mode(model):
-                x_adv = pgd(model, x, y, eps=EPS, alpha=2.5 * EPS / STEPS, steps=STEPS)
+                x_adv = pgd(model, x, y, eps=EPS, alpha=step_size(EPS, STEPS), steps=STEPS)
             loss = F.cross_entropy(forward(x_adv), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -110,7 +110,7 @@ def recipe_step(recipe: str, name: str, variant: str, backend: str = "auto",
     schedule = make_schedule(optimizer, 100, 0.05)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     teachers = [awnet.models.build(name).eval() for _ in range(2)] if recipe == "awnet" else [None, None]
-    ctx = RecipeContext(model, model, EPS, 2.5 * EPS / attack_steps, attack_steps, clean_teacher=teachers[0],
+    ctx = RecipeContext(model, model, EPS, step_size(EPS, attack_steps), attack_steps, clean_teacher=teachers[0],
                         robust_teacher=teachers[1])
     x, y = _batch(name)
 

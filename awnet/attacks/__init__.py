@@ -6,11 +6,12 @@ its parameters' `requires_grad` as they found them: the model runs in the mode t
 """
 from .adaptive import ForcedRoute, forced_path, is_routed, router_evasion, router_evasion_objective
 from .apgd import apgd, apgd_ce, apgd_dlr, checkpoints
-from .core import LOSSES, NORMS, Objective, cross_entropy, dlr, margin, project
+from .autoattack import autoattack, square
+from .core import LOSSES, NORMS, Objective, cross_entropy, dlr, margin, project, step_size
 from .pgd import cw_linf, fgsm, pgd
 
 __all__ = [
-    "LOSSES", "NORMS", "ForcedRoute", "Objective", "apgd", "apgd_ce", "apgd_dlr", "checkpoints",
+    "LOSSES", "NORMS", "ForcedRoute", "Objective", "apgd", "apgd_ce", "apgd_dlr", "autoattack", "checkpoints",
     "cross_entropy", "cw_linf", "dlr", "fgsm", "forced_path", "is_routed", "margin", "pgd", "project",
-    "router_evasion", "router_evasion_objective",
+    "router_evasion", "router_evasion_objective", "square", "step_size",
 ]

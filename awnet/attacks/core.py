@@ -20,6 +20,12 @@ Objective = Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, Tensor]]
 whether a sample is already misclassified."""
 
 
+def step_size(eps: float, steps: int) -> float:
+    """PGD's step for `steps` steps in an eps-ball: 2.5 eps / steps (Madry et al., arXiv 1706.06083), so that
+    the steps can cross the ball and come back after the projection clips them."""
+    return 2.5 * eps / steps
+
+
 def check_args(x: Tensor, y: Tensor, eps: float, norm: str) -> None:
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from ..attacks import pgd
+from ..attacks import pgd, step_size
 from .metrics import accuracy, outcomes
 
 LARGE_EPS = 1.0
@@ -59,7 +59,7 @@ def gradient_masking_checks(model: nn.Module, x: Tensor, y: Tensor, eps: float, 
         losses = ("ce",) if eps_ <= eps else ("ce", "margin")
         correct = clean
         for loss in losses:
-            attack = partial(pgd, eps=eps_, alpha=2.5 * eps_ / steps_, steps=steps_, restarts=restarts_, loss=loss)
+            attack = partial(pgd, eps=eps_, alpha=step_size(eps_, steps_), steps=steps_, restarts=restarts_, loss=loss)
             desc = f"check pgd-{loss} eps={eps_:g} steps={steps_} restarts={restarts_}"
             correct = correct & outcomes(model, x, y, attack, (eps_, "linf"), batch_size, desc, progress)[0]
         return accuracy(correct)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..attacks import is_routed
+from ..nn.router import ADVERSARIAL_THRESHOLD
 
 Attack = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
@@ -85,7 +86,8 @@ def auroc(negative: Tensor, positive: Tensor) -> float:
     return float((rank_sum - len(pos) * (len(pos) + 1) / 2.0) / (len(pos) * len(neg)))
 
 
-def detection_metrics(clean_scores: Tensor, adversarial_scores: Tensor, threshold: float = 0.5) -> dict:
+def detection_metrics(clean_scores: Tensor, adversarial_scores: Tensor,
+                      threshold: float = ADVERSARIAL_THRESHOLD) -> dict:
     """The router as a detector: clean inputs are negatives, adversarial ones positives; a score >=
     `threshold` says "adversarial"."""
     hits = (clean_scores < threshold).sum() + (adversarial_scores >= threshold).sum()

@@ -3,6 +3,10 @@ weighted robust accuracy, router detection, gradient-masking checks; a JSON repo
 
 A sample counts as robust to an attack only if the model is right on its clean input and on the attack's
 output; the worst case is robust only against every attack run (DESIGN.md section 5).
+
+AutoAttack and Square (torchattacks' implementations) are opt-in: AutoAttack is the field's reference
+evaluation, and Square, gradient-free, gets its own row and check: it beating every gradient attack means the
+gradients are masked (Croce & Hein 2020, arXiv 2003.01690, section 5).
 """
 from __future__ import annotations
 
@@ -11,19 +15,25 @@ import platform
 import sys
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .. import attacks
+from ..attacks.autoattack import AUTOATTACK_COMPONENTS, SQUARE_P_INIT, SQUARE_QUERIES, TARGET_CLASSES, library_version
 from .masking import gradient_masking_checks
 from .metrics import accuracy, detection_metrics, outcomes, weighted_robust_accuracy, worst_case
 
 STANDARD_ATTACKS = ("fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr")
 ADAPTIVE_ATTACKS = ("router-evasion", "forced-clean", "forced-adv")
-ATTACKS = STANDARD_ATTACKS + ADAPTIVE_ATTACKS
+AUTOATTACK_ATTACKS = ("autoattack", "square")
+ATTACKS = STANDARD_ATTACKS + ADAPTIVE_ATTACKS + AUTOATTACK_ATTACKS
+# The attacks Square is compared with: gradient attacks only, so not FGSM (one step, weak by design) nor
+# AutoAttack (Square is its last component).
+GRADIENT_ATTACKS = ("pgd", "cw", "apgd-ce", "apgd-dlr", "router-evasion", "forced-clean", "forced-adv")
+GRADIENT_FREE_SLACK = 0.02
 
 
 @dataclass(frozen=True)
@@ -40,14 +50,17 @@ def default_attack_names(model: nn.Module) -> list[str]:
 
 
 def attack_suite(names: Sequence[str], eps: float, steps: int = 20, restarts: int = 1, apgd_steps: int = 100,
-                 evasion_weight: float = 1.0) -> list[AttackSpec]:
-    """The named Linf attacks at radius `eps`; PGD-type attacks take step 2.5 eps / steps (Madry et al.)."""
+                 evasion_weight: float = 1.0, square_queries: int = SQUARE_QUERIES) -> list[AttackSpec]:
+    """The named Linf attacks at radius `eps`; PGD-type attacks take `attacks.step_size`.
+    AutoAttack runs at its standard settings; `square_queries` sets the query budget of Square alone."""
     if not names:
         raise ValueError(f"the attack suite is empty: name at least one of {list(ATTACKS)}")
-    alpha = 2.5 * eps / steps
+    alpha = attacks.step_size(eps, steps)
     pgd_settings = {"eps": eps, "alpha": alpha, "steps": steps, "restarts": restarts, "random_start": True}
     pgd_args = {"eps": eps, "alpha": alpha, "steps": steps, "restarts": restarts}
     apgd_settings = {"eps": eps, "steps": apgd_steps, "restarts": restarts}
+    # torchattacks is imported only when its attacks run (it takes seconds to import).
+    library = library_version() if set(names) & set(AUTOATTACK_ATTACKS) else None
     table = {
         "fgsm": (partial(attacks.fgsm, eps=eps), {"eps": eps}),
         "pgd": (partial(attacks.pgd, **pgd_args), {**pgd_settings, "loss": "ce"}),
@@ -61,6 +74,13 @@ def attack_suite(names: Sequence[str], eps: float, steps: int = 20, restarts: in
                             "weight": evasion_weight}),
         "forced-clean": (partial(attacks.forced_path, route=0, **pgd_args), {**pgd_settings, "route": 0}),
         "forced-adv": (partial(attacks.forced_path, route=1, **pgd_args), {**pgd_settings, "route": 1}),
+        "autoattack": (partial(attacks.autoattack, eps=eps, seed=0),
+                       {"eps": eps, "version": "standard", "components": list(AUTOATTACK_COMPONENTS),
+                        "target_classes": f"min(classes - 1, {TARGET_CLASSES})", "square_queries": SQUARE_QUERIES,
+                        "seed": 0, "library": library}),
+        "square": (partial(attacks.square, eps=eps, n_queries=square_queries, seed=0),
+                   {"eps": eps, "n_queries": square_queries, "p_init": SQUARE_P_INIT, "restarts": 1,
+                    "loss": "margin", "seed": 0, "library": library}),
     }
     unknown = [n for n in names if n not in table]
     if unknown:
@@ -68,10 +88,26 @@ def attack_suite(names: Sequence[str], eps: float, steps: int = 20, restarts: in
     return [AttackSpec(n, table[n][0], {"norm": "linf", **table[n][1]}) for n in names]
 
 
+def check_gradient_free(robust: dict[str, float], slack: float = GRADIENT_FREE_SLACK) -> Optional[dict]:
+    """Fails if Square's robust accuracy is more than `slack` below every gradient attack's: a gradient-free
+    attack beating them all means their gradients are masked. None unless Square and a gradient attack ran."""
+    gradient = {name: acc for name, acc in robust.items() if name in GRADIENT_ATTACKS}
+    if "square" not in robust or not gradient:
+        return None
+    lowest = min(gradient, key=gradient.get)
+    return {
+        "name": "square not stronger than gradient attacks",
+        "passed": robust["square"] >= gradient[lowest] - slack,
+        "detail": {"square": robust["square"], "strongest_gradient_attack": lowest,
+                   "gradient_attacks": gradient, "slack": slack},
+    }
+
+
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, suite: Sequence[AttackSpec], eps: float,
              batch_size: int = 256, checks: bool = True, check_steps: int = 20, progress: bool = True) -> dict:
     """Attack `model` on (x, y) with every attack of `suite` (all at Linf radius `eps`) in eval mode, and
-    return the attack settings, the metrics and (with `checks`) the gradient-masking checks."""
+    return the attack settings, the metrics and the gradient-masking checks: the PGD ones with `checks`,
+    Square against the gradient attacks whenever the suite has both."""
     if not suite:  # the worst case over no attack would report the clean accuracy as robust
         raise ValueError("the attack suite is empty: a robust accuracy needs at least one attack")
     was_training = model.training
@@ -96,6 +132,9 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, suite: Sequence[AttackSpec]
             metrics["detection"] = {"attack": strongest, **detection_metrics(clean_scores, scores[strongest])}
         masking = gradient_masking_checks(model, x, y, eps, check_steps, batch_size=batch_size,
                                           progress=progress) if checks else []
+        gradient_free = check_gradient_free(robust)
+        if gradient_free is not None:
+            masking.append(gradient_free)
     finally:
         model.train(was_training)
     return {
@@ -103,7 +142,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, suite: Sequence[AttackSpec]
         "attacks": {spec.name: spec.settings for spec in suite},
         "metrics": metrics,
         "checks": masking,
-        "checks_passed": all(c["passed"] for c in masking) if checks else None,
+        "checks_passed": all(c["passed"] for c in masking) if masking else None,
     }
 
 

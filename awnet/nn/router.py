@@ -26,6 +26,9 @@ from .normalize import Normalize
 from .signals import NUM_TYPES
 
 OMEGA_SCALE = 2.0  # omega = OMEGA_SCALE * sigmoid(z): in (0, 2), and 1 at z = 0
+# The router's decision: an input is adversarial when its adversarial_score (the mean p_type's adversarial
+# column) is at least this.
+ADVERSARIAL_THRESHOLD = 0.5
 
 
 class RouterOutput(NamedTuple):

@@ -28,15 +28,16 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .. import checkpoint as model_files
-from ..attacks import pgd
-from ..convert import convert
+from ..attacks import pgd, step_size
+from ..convert import convert, from_teachers
 from ..data import DATASETS, load_dataset
 from ..eval.metrics import outcomes
 from ..models import build
 from ..nn import AWNet
-from ..nn.router import fuse_per_head_layout
+from ..nn.router import ADVERSARIAL_THRESHOLD, fuse_per_head_layout
 from ..settings import (
-    BANKS, FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_INT, ROUTER_WIDTH, check_settings, check_writable_dir, setting,
+    BANKS, FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_INT, ROUTER_WIDTH, check_settings, check_writable_dir, option,
+    setting, writable_dir,
 )
 from .recipes import ADVERSARIAL_RECIPES, AW_RECIPES, RECIPES, MTARDWeights, Recipe, RecipeContext
 from .state import MODEL, load_checkpoint, remove_stale_temporaries, save_checkpoint, write_logs
@@ -45,46 +46,62 @@ from .state import MODEL, load_checkpoint, remove_stale_temporaries, save_checkp
 @dataclass
 class TrainConfig:
     """One training run. `model` and `eps` default to the dataset's (see `awnet.data.DATASETS`). Numeric
-    settings are checked when the config is made (ValueError naming the setting; see `awnet.settings`)."""
-    recipe: str = "standard"
-    dataset: str = "mnist5k"
-    model: Optional[str] = None
-    out: str = "runs/train"
-    data_dir: Optional[str] = None
-    epochs: int = setting(20, POSITIVE_INT)
-    batch_size: int = setting(100, POSITIVE_INT)
-    lr: float = setting(0.05, POSITIVE)  # SGD, momentum 0.9 (Nesterov); linear warm-up, then cosine decay to 0
-    warmup: float = setting(0.05, FRACTION)  # fraction of the steps
-    weight_decay: float = setting(5e-4, NON_NEGATIVE)
-    eps: Optional[float] = setting(None, NON_NEGATIVE)
-    eps_ramp: float = setting(1 / 3, FRACTION)  # eps grows linearly from 0 over this fraction of the steps
-    attack_steps: int = setting(10, POSITIVE_INT)  # PGD steps of the training attacks, step size 2.5 eps / steps
-    trades_beta: float = setting(6.0, NON_NEGATIVE)
-    clean_teacher: Optional[str] = None  # awnet recipe: checkpoints of the two teachers
-    robust_teacher: Optional[str] = None
-    init: Optional[str] = None  # start from this checkpoint (a static one is converted for AW recipes)
-    mtard_lr: float = setting(0.025, FRACTION)
-    temperature: float = setting(1.0, POSITIVE)
-    type_weight: float = setting(1.0, NON_NEGATIVE)
-    evasion_fraction: float = setting(0.5, FRACTION)
-    evasion_weight: float = setting(1.0, NON_NEGATIVE)
-    # awnet recipe: weight of the distillation of the self-routed network
-    deployed_weight: float = setting(0.0, NON_NEGATIVE)
-    banks: int = setting(1, BANKS)
-    omega: bool = True
-    router_width: int = setting(64, ROUTER_WIDTH)
-    # train on N samples spread evenly over the split (balanced when sorted)
-    n_train: Optional[int] = setting(None, POSITIVE_INT)
-    val_n: int = setting(500, POSITIVE_INT)  # held-out samples (from the test split) for the per-epoch accuracies
-    val_steps: int = setting(10, POSITIVE_INT)
-    seed: int = 0
-    amp: bool = True  # mixed precision on GPU (bfloat16 where supported, else float16 with loss scaling)
-    device: Optional[str] = None
-    progress: bool = True
-    # Run the model under torch.compile(fullgraph=True) with this backend ("inductor", "aot_eager", ...):
-    # the attacks' and the loss pass's forwards and backwards, each one graph.
-    compile: Optional[str] = None
-    resume: bool = False  # continue the run whose checkpoint is in `out`
+    settings are checked when the config is made (ValueError naming the setting; see `awnet.settings`); each
+    field is an option of `awnet train`, with the help it declares."""
+    recipe: str = option("standard", "how to train: a static network (standard, pgd-at, trades) or an AW-Net "
+                                     "(awnet: MTARD from two teachers; awnet-scratch)",
+                         choices=tuple(RECIPES), required=True)  # no default on the command line: say which
+    dataset: str = option("mnist5k", "the dataset", choices=sorted(DATASETS))
+    model: Optional[str] = option(None, "architecture (awnet.models.build name; default: the dataset's, smallcnn "
+                                        "for mnist5k)")
+    out: str = option("runs/train", "folder of model.safetensors, checkpoint.pt (for --resume) and the logs",
+                      type=writable_dir, metavar="DIR")
+    data_dir: Optional[str] = option(None, "folder holding cifar10 / cifar100 (python-pickle layout)")
+    epochs: int = setting(20, POSITIVE_INT, "training epochs")
+    batch_size: int = setting(100, POSITIVE_INT, "batch size per process")
+    lr: float = setting(0.05, POSITIVE, "peak learning rate of SGD (momentum 0.9, Nesterov): linear warm-up, then "
+                                        "cosine decay to 0")
+    warmup: float = setting(0.05, FRACTION, "warm-up fraction of the steps")
+    weight_decay: float = setting(5e-4, NON_NEGATIVE, "SGD's weight decay")
+    eps: Optional[float] = setting(None, NON_NEGATIVE, "Linf radius on [0, 1] images (default: the dataset's, 0.3 "
+                                                       "for mnist5k)")
+    eps_ramp: float = setting(1 / 3, FRACTION, "fraction of the steps over which eps grows linearly from 0")
+    attack_steps: int = setting(10, POSITIVE_INT, "PGD steps of the training attacks (step size 2.5 eps / steps)")
+    trades_beta: float = setting(6.0, NON_NEGATIVE, "trades recipe: weight of the KL term")
+    clean_teacher: Optional[str] = option(None, "awnet recipe: the clean teacher's checkpoint", metavar="CKPT")
+    robust_teacher: Optional[str] = option(None, "awnet recipe: the robust teacher's checkpoint", metavar="CKPT")
+    init: Optional[str] = option(None, "start from this checkpoint (a static one is converted for the AW recipes)",
+                                 metavar="CKPT")
+    init_clean: Optional[str] = option(None, "AW recipes, two banks: the clean bank and BNs start from this static "
+                                             "checkpoint, the adversarial ones from --init (awnet.from_teachers)",
+                                       metavar="CKPT")
+    mtard_lr: float = setting(0.025, FRACTION, "learning rate of MTARD's loss weights")
+    temperature: float = setting(1.0, POSITIVE, "distillation temperature")
+    type_weight: float = setting(1.0, NON_NEGATIVE, "weight of the router's type loss")
+    evasion_fraction: float = setting(0.5, FRACTION, "fraction of an AW-Net's training attacks that are router "
+                                                     "evasion (the rest end-to-end PGD)")
+    evasion_weight: float = setting(1.0, NON_NEGATIVE, "weight of the router-evasion term of those attacks")
+    deployed_weight: float = setting(0.0, NON_NEGATIVE, "awnet recipe: weight of the distillation of the network "
+                                                        "as deployed (routed by its own router, not the true type)")
+    banks: int = setting(1, BANKS, "AW-Net: weight banks per convolution (1: the paper's; 2: clean and "
+                                   "adversarial)")
+    omega: bool = option(True, "the router's regulation signal omega in an AW-Net (only a two-bank one may go "
+                               "without)")
+    router_width: int = setting(64, ROUTER_WIDTH, "AW-Net: size of the router's feature vector")
+    n_train: Optional[int] = setting(None, POSITIVE_INT, "train on N samples spread evenly over the train split "
+                                                         "(balanced when sorted; default: all)", metavar="N")
+    val_n: int = setting(500, POSITIVE_INT, "held-out samples (from the test split) for the per-epoch accuracies")
+    val_steps: int = setting(10, POSITIVE_INT, "PGD steps of the per-epoch robust accuracy")
+    seed: int = option(0, "random seed")
+    amp: bool = option(True, "mixed precision on GPU (bfloat16 where supported, else float16 with loss scaling)")
+    device: Optional[str] = option(None, "device to train on (default: cuda, this process's GPU under torchrun, "
+                                         "if any; else cpu)")
+    progress: bool = option(True, "progress bars")
+    compile: Optional[str] = option(None, "run the model under torch.compile(fullgraph=True) with this backend "
+                                          "(inductor if none is named; aot_eager compiles faster on CPU): the "
+                                          "attacks' and the loss pass's forwards and backwards, each one graph",
+                                    nargs="?", const="inductor", metavar="BACKEND")
+    resume: bool = option(False, "continue the run whose checkpoint is in --out")
 
     # Settings that change nothing a run computes (compile: up to rounding): a resume may change them.
     COSMETIC = ("out", "progress", "device", "resume", "compile")
@@ -124,7 +141,14 @@ def _seed(*parts: int) -> int:
 def make_model(config: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:
     """The network the recipe trains: static for standard / pgd-at / trades, an AW-Net for awnet*."""
     aw = config.recipe in AW_RECIPES
-    if config.init is not None:
+    if config.init_clean is not None:
+        if not aw or config.banks != 2 or config.init is None:
+            raise ValueError("init_clean starts the clean bank of a two-bank AW-Net: it needs an AW recipe, "
+                             f"banks=2 and init (the robust start); got recipe={config.recipe!r}, "
+                             f"banks={config.banks}, init={config.init!r}")
+        model = from_teachers(model_files.load(config.init_clean), model_files.load(config.init), config.omega,
+                              config.router_width)
+    elif config.init is not None:
         model = model_files.load(config.init)
         if aw and not isinstance(model, AWNet):
             model = convert(model, config.banks, config.omega, config.router_width)
@@ -154,12 +178,12 @@ def validate(net: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, rank:
     on this process's shard of the held-out set, summed over the processes."""
     net.eval()
     x, y = x[rank::world], y[rank::world]
-    attack = partial(pgd, eps=eps, alpha=2.5 * eps / steps, steps=steps)
+    attack = partial(pgd, eps=eps, alpha=step_size(eps, steps), steps=steps)
     clean, clean_scores = outcomes(net, x, y, batch_size=batch_size)
     adv, adv_scores = outcomes(net, x, y, attack, (eps, "linf"), batch_size)
     counts = [clean.sum(), (clean & adv).sum(), torch.tensor(len(x))]
     if clean_scores is not None:
-        counts.append((clean_scores < 0.5).sum() + (adv_scores >= 0.5).sum())
+        counts.append((clean_scores < ADVERSARIAL_THRESHOLD).sum() + (adv_scores >= ADVERSARIAL_THRESHOLD).sum())
     counts = torch.stack(counts).double()
     if world > 1:
         dist.all_reduce(counts)
@@ -255,10 +279,7 @@ def _train(config: TrainConfig, rank: int, world: int) -> list[dict[str, Any]]:
         model = DistributedDataParallel(stepped, device_ids=[device.index] if device.type == "cuda" else None)
     else:
         model = stepped
-    ctx = RecipeContext(model, stepped, config.eps, 0.0, config.attack_steps, config.trades_beta,
-                        teachers["clean_teacher"], teachers["robust_teacher"], mtard, config.temperature,
-                        config.type_weight, config.evasion_fraction, config.evasion_weight,
-                        config.deployed_weight)
+    ctx = RecipeContext.from_config(config, model=model, net=stepped, alpha=0.0, mtard=mtard, **teachers)
     for epoch in range(len(history), config.epochs):
         clock = time.perf_counter()
         means = _epoch(config, ctx, optimizer, schedule, scaler, x_train, y_train, epoch, steps_per_epoch,
@@ -317,7 +338,7 @@ def _epoch(config: TrainConfig, ctx: RecipeContext, optimizer, schedule, scaler,
         done = (epoch * steps_per_epoch + step + 1) / total_steps
         ramp = 1.0 if config.eps_ramp <= 0 else min(1.0, done / config.eps_ramp)
         ctx.eps = config.eps * ramp if config.recipe in ADVERSARIAL_RECIPES else 0.0
-        ctx.alpha = 2.5 * ctx.eps / config.attack_steps
+        ctx.alpha = step_size(ctx.eps, config.attack_steps)
         loss, stats = train_step(ctx, recipe, optimizer, scaler, schedule, x, y, amp)
         values = torch.stack([value.detach() for value in stats.values()]).double()  # one add for all
         keys, sums = list(stats), values if sums is None else sums + values

@@ -21,8 +21,8 @@ and the adversarial half, so MixBN sees both and the Type Heads learn to tell th
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from ..attacks import pgd, router_evasion
 from ..attacks.core import input_grad, project
 from ..nn import MixBatchNorm2d
+from ..nn.router import ADVERSARIAL_THRESHOLD
 
 Stats = dict[str, Tensor]
 
@@ -74,7 +75,8 @@ class MTARDWeights:
 
 @dataclass
 class RecipeContext:
-    """What a recipe needs besides the batch. The loop sets `eps` and `alpha` every step (eps ramp)."""
+    """What a recipe needs besides the batch. The loop sets `eps` and `alpha` every step (eps ramp). A recipe's
+    settings (attack_steps, trades_beta, ...) are the TrainConfig settings of the same names (`from_config`)."""
     model: nn.Module  # what the loss pass calls: the model, or its DDP wrapper under torchrun
     net: nn.Module  # the bare model, for crafting attacks and reading the router
     eps: float
@@ -89,6 +91,12 @@ class RecipeContext:
     evasion_fraction: float = 0.5
     evasion_weight: float = 1.0
     deployed_weight: float = 0.0
+
+    @classmethod
+    def from_config(cls, config: Any, **given: Any) -> RecipeContext:
+        """A context holding `given`, and in every other field the same-named setting of `config` (a
+        TrainConfig), so that a recipe setting is not restated where the context is made."""
+        return cls(**given, **{f.name: getattr(config, f.name) for f in fields(cls) if f.name not in given})
 
 
 @contextmanager
@@ -186,7 +194,7 @@ def _routed_pass(ctx: RecipeContext, x: Tensor, x_adv: Tensor) -> tuple[Tensor, 
 
 def _router_stats(ctx: RecipeContext, n_clean: int) -> Stats:
     score = ctx.net.adversarial_score.detach()
-    hits = torch.cat([score[:n_clean] < 0.5, score[n_clean:] >= 0.5])
+    hits = torch.cat([score[:n_clean] < ADVERSARIAL_THRESHOLD, score[n_clean:] >= ADVERSARIAL_THRESHOLD])
     return {"train_router_acc": hits.float().mean()}
 
 
