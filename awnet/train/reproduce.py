@@ -47,8 +47,8 @@ AWNET_INITS = ("teachers", "robust", "none")
 DATASET_DEFAULTS = {
     "mnist5k": {"standard_epochs": 10, "robust_epochs": 18, "trades_epochs": 0, "awnet_epochs": 4,
                 "n_train": None, "n_eval": 400},
-    "fashion-mnist": {"standard_epochs": 10, "robust_epochs": 10, "trades_epochs": 10, "awnet_epochs": 3,
-                      "n_train": 8000, "n_eval": 500},
+    "fashion-mnist": {"standard_epochs": 10, "robust_epochs": 8, "trades_epochs": 8, "awnet_epochs": 3,
+                      "n_train": 6000, "n_eval": 400},
 }
 
 
