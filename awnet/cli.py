@@ -43,7 +43,7 @@ def load_model(path: str) -> nn.Module:
 
 
 def add_eval_parser(subparsers) -> None:
-    from .data import DATASETS
+    from .data import DATA_DIR_HELP, DATASETS
 
     p = subparsers.add_parser("eval", parents=[DEBUG_OPTION], help="attack a checkpoint and write a JSON report",
                               description="Evaluate a checkpoint against Linf attacks (worst case per sample), "
@@ -51,7 +51,7 @@ def add_eval_parser(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, help="model checkpoint (awnet.save)")
     p.add_argument("--dataset", default="mnist5k", choices=sorted(DATASETS))
     p.add_argument("--split", default="test", choices=("train", "test"))
-    p.add_argument("--data-dir", default=None, help="folder holding cifar10 / cifar100 (python-pickle layout)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument("--eps", type=NON_NEGATIVE, default=None, help="Linf radius on [0, 1] images (mnist5k: 0.3)")
     p.add_argument("--attacks", type=attack_names, default=None,
                    help="comma-separated attacks (default: fgsm,pgd,cw,apgd-ce,apgd-dlr, plus "
@@ -63,7 +63,7 @@ def add_eval_parser(subparsers) -> None:
     p.add_argument("--apgd-steps", type=POSITIVE_INT, default=100)
     p.add_argument("--restarts", type=POSITIVE_INT, default=1)
     p.add_argument("--evasion-weight", type=NON_NEGATIVE, default=1.0, help="weight of the router-evasion term")
-    p.add_argument("-n", "--n", type=POSITIVE_INT, default=None, help="evaluate the first N samples of the split")
+    p.add_argument("-n", "--n", type=POSITIVE_INT, default=None, help="evaluate N samples spread evenly over the split (balanced: the splits are stored sorted by class)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=256)
     p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
     p.add_argument("--seed", type=int, default=0)
@@ -87,7 +87,7 @@ def attack_names(text: str) -> list[str]:
 
 def run_eval(args: argparse.Namespace) -> int:
     from .attacks import is_routed
-    from .data import DATASETS, load_dataset
+    from .data import DATASETS, load_dataset, spread
     from .eval.report import (
         AUTOATTACK_ATTACKS, attack_suite, default_attack_names, environment, evaluate, format_table, write_json,
     )
@@ -97,8 +97,7 @@ def run_eval(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     model = load_model(args.checkpoint).to(device)
     x, y = load_dataset(args.dataset, args.split, args.data_dir)
-    if args.n is not None:
-        x, y = x[:args.n], y[:args.n]
+    x, y = spread(x, y, args.n)
     eps = DATASETS[args.dataset].eps if args.eps is None else args.eps
     names = default_attack_names(model) if args.attacks is None else args.attacks
     if args.autoattack:
@@ -109,7 +108,8 @@ def run_eval(args: argparse.Namespace) -> int:
     report = {
         "model": {"checkpoint": os.path.abspath(args.checkpoint), "class": type(model).__name__,
                   "parameters": sum(p.numel() for p in model.parameters()), "routed": is_routed(model)},
-        "data": {"dataset": args.dataset, "split": args.split, "n": len(x), "batch_size": args.batch_size},
+        "data": {"dataset": args.dataset, "split": args.split, "n": len(x), "batch_size": args.batch_size,
+                 "per_class": torch.bincount(y).tolist()},
         **result,
         "seed": args.seed,
         **environment(device),

@@ -155,7 +155,8 @@ def test_cli_eval_writes_report_and_table(tmp_path, capsys):
     sections = {"model", "data", "threat_model", "attacks", "metrics", "checks", "versions", "device", "time"}
     assert sections <= set(report)
     assert report["model"]["routed"] and report["model"]["class"] == "AWNet"
-    assert report["data"] == {"dataset": "mnist5k", "split": "test", "n": 20, "batch_size": 256}
+    # -n takes samples spread over the split, which is stored sorted by class: 2 of each digit, not 20 zeros.
+    assert report["data"] == {"dataset": "mnist5k", "split": "test", "n": 20, "batch_size": 256, "per_class": [2] * 10}
     assert list(report["attacks"]) == ["fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr", "router-evasion",
                                        "forced-clean", "forced-adv"]
     m = report["metrics"]

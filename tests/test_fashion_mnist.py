@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from awnet.data import load_dataset
+from awnet.data import load_dataset, spread
 from awnet.data.fashion_mnist import DEBIAN_DIR, FILES, _split, fashion_mnist, read_idx
-from awnet.train.loop import spread
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

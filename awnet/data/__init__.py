@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Optional
 
+import torch
 from torch import Tensor
 
 from .cifar import cifar
@@ -34,6 +36,19 @@ DATASETS = {
 }
 
 
+DATA_DIR_HELP = ("folder holding cifar10 / cifar100 (python-pickle layout) or Fashion-MNIST's idx files (default for "
+                 "fashion-mnist: Debian's dataset-fashion-mnist folder)")
+
+
+def spread(x: Tensor, y: Tensor, n: Optional[int]) -> tuple[Tensor, Tensor]:
+    """`n` samples at evenly spaced indices (all when n is None): balanced, since every split here is stored
+    sorted by class (mnist5k, fashion-mnist) or shuffled (cifar)."""
+    if n is None or n >= len(x):
+        return x, y
+    index = torch.linspace(0, len(x) - 1, n).round().long()
+    return x[index], y[index]
+
+
 def load_dataset(name: str, split: str = "test", data_dir: str | os.PathLike | None = None) -> tuple[Tensor, Tensor]:
     """(images (N, C, H, W) float32 in [0, 1], labels (N,) int64) of `split` ("train" or "test").
 
@@ -51,4 +66,6 @@ def load_dataset(name: str, split: str = "test", data_dir: str | os.PathLike | N
     return cifar(name, split, data_dir)
 
 
-__all__ = ["DATASETS", "DatasetInfo", "cifar", "fashion_mnist", "load_dataset", "mnist5k", "synthetic"]
+__all__ = [
+    "DATASETS", "DATA_DIR_HELP", "DatasetInfo", "cifar", "fashion_mnist", "load_dataset", "mnist5k", "spread", "synthetic",
+]

@@ -4,7 +4,7 @@ The files are `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`, `t10k-images
 `t10k-labels-idx1-ubyte`, each possibly gzipped (`.gz`), in `data_dir` or, without one, where Debian's
 package `dataset-fashion-mnist` puts them. 60,000 training and 10,000 test images of 28x28 grey clothes in
 10 classes; the file holds them shuffled. Each split is returned sorted by class, the order within a class
-a fixed seeded permutation, so that `n` samples at evenly spaced indices (`awnet.train.spread`, what
+a fixed seeded permutation, so that `n` samples at evenly spaced indices (`awnet.data.spread`, what
 `--n-train` and `--n-eval` take) are a balanced random subset, the same on every machine.
 """
 from __future__ import annotations

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from .. import checkpoint as model_files
 from ..attacks import pgd, step_size
 from ..convert import convert, from_teachers
-from ..data import DATASETS, load_dataset
+from ..data import DATA_DIR_HELP, DATASETS, load_dataset, spread
 from ..eval.metrics import outcomes
 from ..models import build
 from ..nn import AWNet
@@ -56,7 +56,7 @@ class TrainConfig:
                                         "for mnist5k)")
     out: str = option("runs/train", "folder of model.safetensors, checkpoint.pt (for --resume) and the logs",
                       type=writable_dir, metavar="DIR")
-    data_dir: Optional[str] = option(None, "folder holding cifar10 / cifar100 (python-pickle layout)")
+    data_dir: Optional[str] = option(None, DATA_DIR_HELP)
     epochs: int = setting(20, POSITIVE_INT, "training epochs")
     batch_size: int = setting(100, POSITIVE_INT, "batch size per process")
     lr: float = setting(0.05, POSITIVE, "peak learning rate of SGD (momentum 0.9, Nesterov): linear warm-up, then "
@@ -124,14 +124,6 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The settings that determine what the run computes."""
         return {k: v for k, v in asdict(self).items() if k not in self.COSMETIC}
-
-
-def spread(x: Tensor, y: Tensor, n: Optional[int]) -> tuple[Tensor, Tensor]:
-    """`n` samples at evenly spaced indices (all when n is None): balanced on data stored sorted by class."""
-    if n is None or n >= len(x):
-        return x, y
-    index = torch.linspace(0, len(x) - 1, n).round().long()
-    return x[index], y[index]
 
 
 def _seed(*parts: int) -> int:
@@ -359,4 +351,4 @@ def _summary(row: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-__all__ = ["TrainConfig", "make_model", "make_schedule", "spread", "train", "train_step", "validate"]
+__all__ = ["TrainConfig", "make_model", "make_schedule", "train", "train_step", "validate"]

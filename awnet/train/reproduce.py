@@ -30,7 +30,7 @@ from typing import Any, Optional
 import torch
 
 from .. import checkpoint as model_files
-from ..data import DATASETS, load_dataset
+from ..data import DATA_DIR_HELP, DATASETS, load_dataset, spread
 from ..eval.report import AUTOATTACK_ATTACKS, attack_suite, default_attack_names, environment, evaluate, write_json
 from ..eval.tradeoff import plot_tradeoff
 from ..eval.weights import analyze_weights
@@ -38,7 +38,7 @@ from ..settings import (
     NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, check_settings, check_writable_dir, option, setting,
     writable_dir,
 )
-from .loop import TrainConfig, spread, train
+from .loop import TrainConfig, train
 from .state import MODEL
 
 MODELS = ("standard", "pgd-at", "trades", "awnet")
@@ -62,7 +62,7 @@ class ReproduceConfig:
                           choices=sorted(DATASETS))
     out: str = option("runs/reproduce", "folder of the training runs, report.json, table.md and the plots",
                       type=writable_dir, metavar="DIR")
-    data_dir: Optional[str] = option(None, "folder holding cifar10 / cifar100 (python-pickle layout)")
+    data_dir: Optional[str] = option(None, DATA_DIR_HELP)
     model: Optional[str] = option(None, "architecture of every model (default: the dataset's)")
     standard_epochs: Optional[int] = setting(None, POSITIVE_INT, "epochs of the standard model (default: the "
                                                                  "dataset's)")
