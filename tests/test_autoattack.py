@@ -171,15 +171,28 @@ def test_evaluate_reports_both_rows_and_the_check(standard, digits):
         print(label, m["robust_accuracy"], report["checks"])
         assert list(m["robust_accuracy"]) == ["fgsm", "pgd", "autoattack", "square"]
         assert all(m["worst_case_robust_accuracy"] <= acc for acc in m["robust_accuracy"].values())
-        assert [c["name"] for c in report["checks"]] == ["square not stronger than gradient attacks"]
-        assert report["checks_passed"] is report["checks"][0]["passed"]
+        assert [c["name"] for c in report["checks"]] == ["square not stronger than gradient attacks",
+                                                         "square finds little that autoattack's gradient attacks missed"]
+        assert report["checks_passed"] is all(c["passed"] for c in report["checks"])
+        # AutoAttack's stages: the samples left after each component, each stage on what the ones before left.
+        stages = m["autoattack_stages"]
+        assert list(stages) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+        assert list(stages.values()) == sorted(stages.values(), reverse=True)
+        assert stages["square"] == pytest.approx(m["robust_accuracy"]["autoattack"], abs=1 / len(x))
         assert "check: square not stronger" in format_table(report)
         json.dumps(report)
     assert reports["undefended"]["checks_passed"]
     # Masked gradients: PGD finds nothing, Square (and AutoAttack, through its Square) breaks the model.
     masked = reports["masked"]["metrics"]["robust_accuracy"]
     assert masked["pgd"] >= 0.75 and masked["square"] <= 0.1 and masked["autoattack"] <= 0.1
-    assert reports["masked"]["checks_passed"] is False
+    assert not any(c["passed"] for c in reports["masked"]["checks"]), reports["masked"]["checks"]
+    # There APGD-CE, APGD-T and FAB-T leave the samples and AutoAttack's Square takes them.
+    assert reports["masked"]["metrics"]["autoattack_stages"]["fab-t"] >= 0.5
+    # Batches sum into one count: the same stages from two batches as from one.
+    two_batches = evaluate(ZeroGrad(standard), x, y, suite[2:3], EPS, batch_size=len(x) // 2 + 1, checks=False,
+                           progress=False)
+    assert two_batches["metrics"]["autoattack_stages"]["fab-t"] >= 0.5
+    assert two_batches["checks"][0]["detail"]["robust_after"] == two_batches["metrics"]["autoattack_stages"]
 
 
 def test_cli_eval_autoattack(tmp_path):

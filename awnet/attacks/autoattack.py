@@ -92,11 +92,14 @@ def _run(make_attack, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
 
 
 def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, n_classes: Optional[int] = None,
-               seed: int = 0) -> Tensor:
+               seed: int = 0, stages: Optional[dict[str, int]] = None) -> Tensor:
     """AutoAttack, standard version, Linf radius `eps` (torchattacks.AutoAttack).
 
     `n_classes` is the model's number of classes (None: read from one forward on `x`); as in the standard
-    version the targeted attacks aim at the `min(n_classes - 1, 9)` most likely other classes.
+    version the targeted attacks aim at the `min(n_classes - 1, 9)` most likely other classes. `stages`, if
+    given, gets per component the number of samples the model still classifies right after it and the
+    components before it (and "samples": len(x)), added to what it holds, so one dict can sum the batches.
+    What Square takes from what APGD-CE, APGD-T and FAB-T left is AutoAttack's own sign of masked gradients.
     """
     _check(x, y, eps)
     ta = _torchattacks()
@@ -109,10 +112,22 @@ def autoattack(model: nn.Module, x: Tensor, y: Tensor, eps: float, n_classes: Op
         if type(classes) is not int or classes < 4:  # the targeted DLR loss reads the 4th largest logit
             raise ValueError(f"n_classes must be an int >= 4 for AutoAttack's targeted DLR loss, got {classes!r}")
         # torchattacks' n_classes sets n_target_classes = n_classes - 1.
-        return ta.AutoAttack(wrapped, norm="Linf", eps=eps, version="standard",
-                             n_classes=min(classes, TARGET_CLASSES + 1), seed=seed)
+        attack = ta.AutoAttack(wrapped, norm="Linf", eps=eps, version="standard",
+                               n_classes=min(classes, TARGET_CLASSES + 1), seed=seed)
+        made.append(attack)
+        if stages is not None:  # MultiAttack counts the samples left after each component
+            attack._autoattack._accumulate_multi_atk_records = True
+            attack._autoattack._multi_atk_records = [0] * (1 + len(AUTOATTACK_COMPONENTS))
+        return attack
 
-    return _run(make, model, x, y)
+    made: list = []
+    x_adv = _run(make, model, x, y)
+    if stages is not None:
+        # [samples, left after each component]; components after the one that left none were not run (0).
+        records = made[0]._autoattack._multi_atk_records
+        for name, count in zip(("samples", *AUTOATTACK_COMPONENTS), records):
+            stages[name] = stages.get(name, 0) + int(count)
+    return x_adv
 
 
 def square(model: nn.Module, x: Tensor, y: Tensor, eps: float, n_queries: int = SQUARE_QUERIES,

@@ -38,10 +38,12 @@ GRADIENT_FREE_SLACK = 0.02
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """A named attack `run(model, x, y) -> x_adv` and the settings it runs with (for the report)."""
+    """A named attack `run(model, x, y) -> x_adv` and the settings it runs with (for the report); `stages`,
+    for AutoAttack, the samples left after each of its components (summed over the batches `run` sees)."""
     name: str
     run: Callable[[nn.Module, Tensor, Tensor], Tensor]
     settings: dict = field(default_factory=dict)
+    stages: dict = field(default_factory=dict)
 
 
 def default_attack_names(model: nn.Module) -> list[str]:
@@ -61,6 +63,7 @@ def attack_suite(names: Sequence[str], eps: float, steps: int = 20, restarts: in
     apgd_settings = {"eps": eps, "steps": apgd_steps, "restarts": restarts}
     # torchattacks is imported only when its attacks run (it takes seconds to import).
     library = library_version() if set(names) & set(AUTOATTACK_ATTACKS) else None
+    stages: dict[str, int] = {}
     table = {
         "fgsm": (partial(attacks.fgsm, eps=eps), {"eps": eps}),
         "pgd": (partial(attacks.pgd, **pgd_args), {**pgd_settings, "loss": "ce"}),
@@ -74,7 +77,7 @@ def attack_suite(names: Sequence[str], eps: float, steps: int = 20, restarts: in
                             "weight": evasion_weight}),
         "forced-clean": (partial(attacks.forced_path, route=0, **pgd_args), {**pgd_settings, "route": 0}),
         "forced-adv": (partial(attacks.forced_path, route=1, **pgd_args), {**pgd_settings, "route": 1}),
-        "autoattack": (partial(attacks.autoattack, eps=eps, seed=0),
+        "autoattack": (partial(attacks.autoattack, eps=eps, seed=0, stages=stages),
                        {"eps": eps, "version": "standard", "components": list(AUTOATTACK_COMPONENTS),
                         "target_classes": f"min(classes - 1, {TARGET_CLASSES})", "square_queries": SQUARE_QUERIES,
                         "seed": 0, "library": library}),
@@ -85,7 +88,8 @@ def attack_suite(names: Sequence[str], eps: float, steps: int = 20, restarts: in
     unknown = [n for n in names if n not in table]
     if unknown:
         raise ValueError(f"unknown attacks {unknown}; available: {list(table)}")
-    return [AttackSpec(n, table[n][0], {"norm": "linf", **table[n][1]}) for n in names]
+    return [AttackSpec(n, table[n][0], {"norm": "linf", **table[n][1]}, stages if n == "autoattack" else {})
+            for n in names]
 
 
 def check_gradient_free(robust: dict[str, float], slack: float = GRADIENT_FREE_SLACK) -> Optional[dict]:
@@ -103,11 +107,25 @@ def check_gradient_free(robust: dict[str, float], slack: float = GRADIENT_FREE_S
     }
 
 
+def check_square_after_gradients(stages: dict[str, int], slack: float = GRADIENT_FREE_SLACK) -> Optional[dict]:
+    """Fails if AutoAttack's Square, run on what its gradient components (APGD-CE, APGD-T, FAB-T) left
+    robust, takes more than `slack` of the samples: the gradient attacks miss what a gradient-free search
+    finds, so their gradients are masked (Croce & Hein 2020's diagnostic). None without AutoAttack's stages."""
+    if not stages.get("samples"):
+        return None
+    left = {name: stages[name] / stages["samples"] for name in AUTOATTACK_COMPONENTS}
+    return {
+        "name": "square finds little that autoattack's gradient attacks missed",
+        "passed": left["fab-t"] - left["square"] <= slack,
+        "detail": {"robust_after": left, "square_took": left["fab-t"] - left["square"], "slack": slack},
+    }
+
+
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, suite: Sequence[AttackSpec], eps: float,
              batch_size: int = 256, checks: bool = True, check_steps: int = 20, progress: bool = True) -> dict:
     """Attack `model` on (x, y) with every attack of `suite` (all at Linf radius `eps`) in eval mode, and
     return the attack settings, the metrics and the gradient-masking checks: the PGD ones with `checks`,
-    Square against the gradient attacks whenever the suite has both."""
+    Square against the gradient attacks whenever the suite has both (Square alone, or AutoAttack's)."""
     if not suite:  # the worst case over no attack would report the clean accuracy as robust
         raise ValueError("the attack suite is empty: a robust accuracy needs at least one attack")
     was_training = model.training
@@ -116,6 +134,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, suite: Sequence[AttackSpec]
         clean, clean_scores = outcomes(model, x, y, batch_size=batch_size)
         correct, scores = {}, {}
         for spec in suite:
+            spec.stages.clear()  # a suite evaluated before keeps the counts of its last run
             correct[spec.name], scores[spec.name] = outcomes(
                 model, x, y, spec.run, (eps, "linf"), batch_size, spec.name, progress)
         robust = {name: accuracy(clean & c) for name, c in correct.items()}
@@ -132,9 +151,12 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, suite: Sequence[AttackSpec]
             metrics["detection"] = {"attack": strongest, **detection_metrics(clean_scores, scores[strongest])}
         masking = gradient_masking_checks(model, x, y, eps, check_steps, batch_size=batch_size,
                                           progress=progress) if checks else []
-        gradient_free = check_gradient_free(robust)
-        if gradient_free is not None:
-            masking.append(gradient_free)
+        stages = next((dict(spec.stages) for spec in suite if spec.stages), {})
+        if stages:
+            metrics["autoattack_stages"] = {name: stages[name] / stages["samples"] for name in AUTOATTACK_COMPONENTS}
+        for check in (check_gradient_free(robust), check_square_after_gradients(stages)):
+            if check is not None:
+                masking.append(check)
     finally:
         model.train(was_training)
     return {
