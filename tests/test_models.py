@@ -517,3 +517,24 @@ def test_flop_counts_follow_the_static_network():
             model(x)
         counts.append(counter.get_total_flops())
     assert counts[0] < counts[1] < 1.1 * counts[0]
+
+
+def test_import_awnet_gives_the_whole_package():
+    """`import awnet` exposes every subpackage (attacks, data, eval and train on first use, so that importing
+    the layers does not pay for torchattacks' scipy or matplotlib)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, awnet\n"
+            "lazy = [name for name in ('awnet.attacks', 'awnet.eval', 'awnet.train', 'torchattacks') "
+            "if name in sys.modules]\n"
+            "assert not lazy, lazy\n"
+            "assert callable(awnet.attacks.pgd) and callable(awnet.attacks.autoattack)\n"
+            "assert callable(awnet.eval.evaluate) and callable(awnet.eval.plot_tradeoff)\n"
+            "assert callable(awnet.train.train) and callable(awnet.data.load_dataset)\n"
+            "assert callable(awnet.from_teachers) and callable(awnet.convert)\n"
+            "assert {'attacks', 'data', 'eval', 'train', 'nn', 'models'} <= set(dir(awnet))\n"
+            "try:\n    awnet.no_such_thing\nexcept AttributeError as e:\n    assert 'no_such_thing' in str(e)\n"
+            "else:\n    raise AssertionError('awnet.no_such_thing resolved')\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
