@@ -49,10 +49,9 @@ def test_report_structure(run):
                                      "masking_checks_pass", "reached"}
     configs = report["train_configs"]
     assert [configs[n]["recipe"] for n in MODELS] == ["standard", "pgd-at", "trades", "awnet"]
-    # The default start: two banks, the adversarial one from PGD-AT, the clean one from the standard model.
-    assert report["awnet_init"] == "teachers" and configs["awnet"]["banks"] == 2
-    assert (configs["awnet"]["init"], configs["awnet"]["init_clean"]) == \
-        (configs["awnet"]["robust_teacher"], configs["awnet"]["clean_teacher"])
+    # The default start, the paper's: one bank with omega, from the PGD-AT model.
+    assert report["awnet_init"] == "robust" and configs["awnet"]["banks"] == 1
+    assert configs["awnet"]["init"] == configs["awnet"]["robust_teacher"] and configs["awnet"]["init_clean"] is None
     defaults = ReproduceConfig()
     assert (configs["awnet"]["lr"], configs["awnet"]["deployed_weight"], configs["awnet"]["eps_ramp"]) == \
         (defaults.awnet_lr, defaults.awnet_deployed_weight, 0.0), "fine-tuned from the robust start, no eps ramp"
@@ -74,14 +73,12 @@ def test_table_and_weight_plot(run, capsys):
     assert (run / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and report["tradeoff"]
     rows = list(csv.DictReader(open(run / "weights.csv")))
     layers = {m: {r["layer"] for r in rows if r["model"] == m} for m in MODELS}
-    # The two-bank AW-Net's convolutions appear once per bank, under the static network's layer names.
-    banks = {layer.split("[bank ")[0] for layer in layers["awnet"]}
-    assert banks == layers["standard"] == layers["pgd-at"] == layers["trades"], "the AW-Net's body under the same names"
-    assert any(layer.endswith("[bank 1]") for layer in layers["awnet"])
-    assert isinstance(awnet.load(run / "awnet-teachers" / "model.safetensors"), awnet.nn.AWNet)
+    assert layers["awnet"] == layers["standard"] == layers["pgd-at"] == layers["trades"], \
+        "the AW-Net's body under the same names"
+    assert isinstance(awnet.load(run / "awnet-robust" / "model.safetensors"), awnet.nn.AWNet)
 
 
-FOLDERS = {"standard": "standard", "pgd-at": "pgd-at", "trades": "trades", "awnet": "awnet-teachers"}
+FOLDERS = {"standard": "standard", "pgd-at": "pgd-at", "trades": "trades", "awnet": "awnet-robust"}
 
 
 def test_rerun_resumes_the_finished_training_runs_and_keeps_the_evaluations(run, capsys):
@@ -96,17 +93,19 @@ def test_rerun_resumes_the_finished_training_runs_and_keeps_the_evaluations(run,
     assert {n: (run / f / "eval.json").read_text() for n, f in FOLDERS.items()} == evaluations
 
 
-def test_the_paper_start_beside_the_teachers_start(run, capsys):
-    """--awnet-init robust trains only the paper's one-bank AW-Net beside the first; the static models and
-    their evaluations are reused."""
+def test_the_teachers_start_beside_the_paper_start(run, capsys):
+    """--awnet-init teachers trains only the two-bank AW-Net started from both teachers beside the first; the
+    static models and their evaluations are reused."""
     capsys.readouterr()
-    assert cli.main(["reproduce", "--out", str(run), "--awnet-init", "robust", *TINY]) == 0
+    assert cli.main(["reproduce", "--out", str(run), "--awnet-init", "teachers", *TINY]) == 0
     out = capsys.readouterr().out
     assert out.count("evaluation kept") == 3 and "== evaluating awnet" in out, out
     report = json.loads((run / "report.json").read_text())
-    assert report["awnet_init"] == "robust" and report["train_configs"]["awnet"]["banks"] == 1
-    assert report["train_configs"]["awnet"]["init"] == report["train_configs"]["awnet"]["robust_teacher"]
-    assert (run / "awnet-robust" / "model.safetensors").exists() and (run / "awnet-teachers" / "eval.json").exists()
+    configs = report["train_configs"]
+    assert report["awnet_init"] == "teachers" and configs["awnet"]["banks"] == 2
+    assert (configs["awnet"]["init"], configs["awnet"]["init_clean"]) == \
+        (configs["awnet"]["robust_teacher"], configs["awnet"]["clean_teacher"])
+    assert (run / "awnet-teachers" / "model.safetensors").exists() and (run / "awnet-robust" / "eval.json").exists()
 
 
 def test_two_teacher_start_computes_each_teacher_on_its_route():

@@ -10,9 +10,10 @@ trade-off table, also printed), `tradeoff.png` and the filter weight-distributio
 evaluation is kept beside its model (`eval.json`, keyed by the model file's digest and the attack
 settings), so a killed job, or a rerun with another AW-Net start, redoes only what is missing.
 
-The AW-Net starts (`awnet_init`): "teachers", two banks, the clean bank and BNs from the standard model and
-the adversarial ones from the PGD-AT model (`awnet.from_teachers`, the "divide and rule" start); "robust",
-the paper's form, one bank with omega from the PGD-AT model; "none", from scratch.
+The AW-Net starts (`awnet_init`): "robust" (the default), the paper's form, one bank with omega from the
+PGD-AT model; "teachers", two banks, the clean bank and BNs from the standard model and the adversarial ones
+from the PGD-AT model (`awnet.from_teachers`, the "divide and rule" start: measured worse, see README);
+"none", from scratch.
 
 AW-Net: Wei, Zhao, Li, "Revisiting the Trade-off between Accuracy and Robustness via Weight Distribution
 of Filters", TPAMI 2024, arXiv 2306.03430.
@@ -71,7 +72,7 @@ class ReproduceConfig:
                                                                    "(default: the dataset's)")
     teacher_lr: float = setting(0.1, POSITIVE, "peak SGD learning rate of the static models")
     awnet_epochs: Optional[int] = setting(None, POSITIVE_INT, "epochs of the AW-Net (default: the dataset's)")
-    awnet_init: str = option("teachers", "the AW-Net's start: teachers (two banks, the clean one from the standard "
+    awnet_init: str = option("robust", "the AW-Net's start: teachers (two banks, the clean one from the standard "
                                          "model, the adversarial one from the PGD-AT model), robust (one bank with "
                                          "omega, from the PGD-AT model) or none (from scratch)",
                              choices=AWNET_INITS)
