@@ -166,6 +166,15 @@ def test_standard_loss_decreases_and_cli_train_writes_the_log(tmp_path, capsys):
     assert "pass --resume" in capsys.readouterr().err
     assert cli.main(["train", "--recipe", "standard", "--out", str(out), "--epochs", "4", "--resume", *TINY]) == 2
     assert "other settings (epochs, lr)" in capsys.readouterr().err  # the run had --lr 0.1
+    # A checkpoint from before a setting existed resumes: the missing setting counts as its default.
+    from awnet.train.state import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(str(out))
+    del state["config"]["init_clean"]
+    save_checkpoint(state, str(out))
+    assert cli.main(["train", "--recipe", "standard", "--out", str(out), "--epochs", "3", "--lr", "0.1", "--resume",
+                     *TINY]) == 0
+    assert "trained standard for 3 epochs" in capsys.readouterr().out
 
 
 def test_awnet_recipe_needs_teachers(tmp_path):

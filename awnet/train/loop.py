@@ -229,8 +229,11 @@ def _train(config: TrainConfig, rank: int, world: int) -> list[dict[str, Any]]:
     if saved is not None and not config.resume:
         raise ValueError(f"{config.out} already holds a training run: pass --resume to continue it, or choose "
                          "another output folder")
-    if saved is not None and saved["config"] != config.identity():
-        changed = sorted(k for k in config.identity() if saved["config"].get(k) != config.identity()[k])
+    # A setting an older checkpoint lacks was added since, with a default that keeps what such runs computed.
+    defaults = asdict(TrainConfig())
+    changed = [] if saved is None else sorted(
+        k for k, v in config.identity().items() if saved["config"].get(k, defaults[k]) != v)
+    if changed:
         raise ValueError(f"{config.out} holds a run with other settings ({', '.join(changed)}): resume it "
                          "with the same settings or choose another output folder")
     x_train, y_train = spread(*load_dataset(config.dataset, "train", config.data_dir), config.n_train)
