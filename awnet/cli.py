@@ -17,6 +17,7 @@ from typing import NoReturn, Optional, Sequence
 import torch
 from torch import nn
 
+from . import allocator
 from .settings import NON_NEGATIVE, POSITIVE_INT, add_arguments, writable_dir, writable_file
 
 # Errors that a bad setting or file raises (OSError: a file that is missing, unreadable or unwritable).
@@ -206,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        allocator.pin()  # before the first tensor: see awnet/allocator.py
         return args.handler(args)
     except (*USER_ERRORS, FloatingPointError) as error:
         from awkernels._validate import DEBUG  # AWNET_DEBUG, parsed where the kernels read it

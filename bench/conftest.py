@@ -4,16 +4,13 @@ GPU work is timed with triton.testing.do_bench (CUDA events, median), stored in 
 replayed from a CUDA graph (do_bench_cudagraph, median) in extra_info["graph_ms"]; pytest-benchmark's own
 wall-clock statistics are the timing only on CPU.
 
-On CPU, glibc's malloc moves its mmap threshold up each time a large block is freed (and its trim threshold
-with it), so where a tensor's memory comes from (mmap'ed and page-faulted in afresh, or reused from the
-heap) would depend on which benchmarks ran before: on one machine here the end-to-end steps swung up to 14x
-with the suite's order and followed glibc's thresholds (issue 22); `python -m bench.order_effect --compare`
-shows the cost of each regime (page faults and kernel time per step). Loading this file pins both thresholds
-at the values a long training run reaches anyway, so no benchmark can move them for the next ones.
+On CPU, glibc's malloc thresholds are pinned before anything is measured (awnet.allocator), so where a
+tensor's memory comes from cannot depend on which benchmarks ran before: unpinned, the end-to-end steps swung
+up to 14x with the suite's order on one machine here (issue 22). `python -m bench.order_effect --compare`
+shows each allocator setting.
 """
 from __future__ import annotations
 
-import ctypes
 import datetime
 import os
 import platform
@@ -23,31 +20,11 @@ import sys
 import pytest
 import torch
 
+from awnet import allocator
+
 CUDA = torch.cuda.is_available()
 
-# mallopt parameters (malloc.h) and the pinned values: the mmap threshold at glibc's dynamic ceiling
-# (DEFAULT_MMAP_THRESHOLD_MAX, 32 MiB on 64-bit), freed heap memory kept up to 1 GiB.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-PINNED_MALLOC = {"mmap_threshold": 32 << 20, "trim_threshold": 1 << 30}
-
-
-def pin_malloc() -> str:
-    """Pins glibc malloc's thresholds (see the module's docstring); says what allocator the process runs.
-    AWNET_BENCH_MALLOC=dynamic leaves glibc as it is (to show the effect); another malloc (jemalloc or
-    tcmalloc by LD_PRELOAD) is left alone."""
-    preload = os.environ.get("LD_PRELOAD", "")
-    if "jemalloc" in preload or "tcmalloc" in preload:
-        return os.path.basename(preload)
-    if os.environ.get("AWNET_BENCH_MALLOC") == "dynamic" or platform.libc_ver()[0] != "glibc":
-        return "glibc dynamic" if platform.libc_ver()[0] == "glibc" else "system"
-    libc = ctypes.CDLL("libc.so.6")
-    if not (libc.mallopt(_M_MMAP_THRESHOLD, PINNED_MALLOC["mmap_threshold"])
-            and libc.mallopt(_M_TRIM_THRESHOLD, PINNED_MALLOC["trim_threshold"])):
-        raise RuntimeError("mallopt refused the pinned thresholds")
-    return "glibc pinned (mmap threshold 32 MiB, trim threshold 1 GiB)"
-
-
-MALLOC = pin_malloc()
+MALLOC = allocator.pin()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 
 

@@ -2,6 +2,7 @@
 
     python -m bench.order_effect             # this process's allocator: one line, exit 1 past --tolerance
     python -m bench.order_effect --compare   # the same in a fresh process per allocator setting
+    python -m bench.order_effect --suite [--setting NAME]   # the training steps: whole suite against alone
 
 Times a short benchmark (the static PGD-10 training step of bench/test_train_step.py) alone, then runs the
 heaviest benchmarks of the suite (the reference backend's per-sample weights at the 512-channel layers, every
@@ -12,6 +13,9 @@ statistic on a shared machine); the page faults and kernel (sys) time per round 
 is (its mmap threshold moves with every large free), glibc with the threshold fixed small by the environment
 (every large tensor mmap'ed and faulted in afresh), and jemalloc / tcmalloc by LD_PRELOAD where installed
 (Debian: libjemalloc2, libtcmalloc-minimal4).
+--suite is what a user sees: `pytest bench/ --benchmark-only` in one process, then each PGD-10 training-step
+benchmark alone in a fresh process, under one allocator setting; a table of the two times (pytest-benchmark's
+minimum) and their ratio, exit 1 past --tolerance.
 """
 from __future__ import annotations
 
@@ -21,28 +25,31 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from bench.conftest import MALLOC
 from bench.shapes import RESNET18
 from bench.test_aw_conv2d import make_conv_step
-from bench.test_train_step import make_step
+from bench.test_train_step import MODELS, VARIANTS, make_step
 
 HEAVY = [shape for shape in RESNET18 if shape.c_out == 512]
 LIBRARIES = {"jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
              "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"}
 SETTINGS = {  # name: extra environment
     "glibc pinned": {},
-    "glibc dynamic": {"AWNET_BENCH_MALLOC": "dynamic"},
-    "glibc mmap 64 KiB": {"AWNET_BENCH_MALLOC": "dynamic", "MALLOC_MMAP_THRESHOLD_": "65536"},
+    "glibc dynamic": {"AWNET_MALLOC": "dynamic"},
+    "glibc mmap 64 KiB": {"AWNET_MALLOC": "dynamic", "MALLOC_MMAP_THRESHOLD_": "65536"},
     **{name: {"LD_PRELOAD": path} for name, path in LIBRARIES.items()},
 }
 
 
 def timed(step, rounds: int) -> dict:
-    step()  # warm-up
+    for _ in range(2):  # warm-up: the first rounds still grow the heap
+        step()
     times = []
     before = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(rounds):
@@ -80,13 +87,60 @@ def line(name: str, result: dict) -> str:
             f"ratio {result['ratio']:.2f}")
 
 
+PYTEST = [sys.executable, "-m", "pytest", "--benchmark-only", "-q", "-p", "no:cacheprovider"]
+TRAIN_STEP = "bench/test_train_step.py::test_pgd10_training_step"
+
+
+def run_benchmarks(targets: list[str], env: dict, json_path: Path, rounds: int) -> dict[str, float]:
+    """pytest-benchmark's minimum time (ms) of each training-step benchmark run among `targets`."""
+    command = [*PYTEST, *targets, f"--benchmark-min-rounds={rounds}", "--benchmark-max-time=0.5",
+               f"--benchmark-json={json_path}"]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    if run.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{run.stdout[-3000:]}{run.stderr[-3000:]}")
+    return {b["param"]: b["stats"]["min"] * 1e3 for b in json.loads(json_path.read_text())["benchmarks"]
+            if b["fullname"].startswith(TRAIN_STEP)}
+
+
+def suite(setting: str, rounds: int, tolerance: float, keep: str | None) -> int:
+    """The machine's own speed drifts by 20-30% over minutes on a shared VM, so each step is timed alone in a
+    fresh process both before and after the whole suite, and the suite's time is compared with the mean."""
+    env = {**os.environ, **SETTINGS[setting]}
+    with tempfile.TemporaryDirectory() as tmp:
+        def alone(params):
+            return {p: run_benchmarks([f"{TRAIN_STEP}[{p}]"], env, Path(tmp, "alone.json"), rounds)[p] for p in params}
+
+        params = [f"{model}-{variant}" for model in MODELS for variant in VARIANTS]
+        before = alone(params)
+        start = time.perf_counter()
+        whole = run_benchmarks(["bench/"], env, Path(keep or Path(tmp, "suite.json")), rounds)
+        seconds = time.perf_counter() - start
+        after = alone(params)
+    print(f"PGD-10 training steps, {setting}, torch threads {torch.get_num_threads()}, pytest-benchmark minimum "
+          f"over >= {rounds} rounds; the whole suite took {seconds:.0f} s")
+    print("| step | in the full suite (ms) | alone, fresh process (ms; two runs) | suite / alone |\n"
+          "|---|---:|---:|---:|")
+    worst = 0.0
+    for param in params:
+        ms = whole[param]
+        reference = (before[param] + after[param]) / 2
+        worst = max(worst, abs(ms / reference - 1))
+        print(f"| {param} | {ms:,.0f} | {before[param]:,.0f} / {after[param]:,.0f} | {ms / reference:.2f} |")
+    return int(worst > tolerance)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--tolerance", type=float, default=0.25, help="largest |ratio - 1| accepted")
     parser.add_argument("--compare", action="store_true", help="one fresh process per allocator setting")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--suite", action="store_true", help="the training steps: the whole suite against alone")
+    parser.add_argument("--setting", choices=SETTINGS, default="glibc pinned", help="the allocator of --suite")
+    parser.add_argument("--suite-json", help="keep the whole suite's pytest-benchmark JSON here")
     args = parser.parse_args(argv)
+    if args.suite:
+        return suite(args.setting, args.rounds, args.tolerance, args.suite_json)
     if not args.compare:
         result = measure(args.rounds)
         print(json.dumps(result) if args.json else line(result["malloc"], result))

@@ -64,6 +64,11 @@ def test_non_increasing_check_can_fail():
     failed = check_non_increasing("c", "eps", [1, 2, 3], [0.8, 0.5, 0.51], 0.005)
     assert not failed["passed"] and failed["detail"]["robust_accuracy"] == [0.8, 0.5, 0.51]
     assert slack(100) == 0.01 and slack(1000) == 0.005
+    # A rise of exactly one sample in 100 is within slack(100), also as float32 means (0.59 -> 0.60 is
+    # 0.0100000501 after the round trip through float32).
+    rise = [float(torch.tensor(0.59)), float(torch.tensor(0.60))]
+    assert check_non_increasing("c", "steps", [20, 40], rise, slack(100))["passed"]
+    assert not check_non_increasing("c", "steps", [20, 40], [rise[0], float(torch.tensor(0.61))], slack(100))["passed"]
 
 
 def test_masking_checks_pass_on_robust_and_fail_on_masked_model(robust, standard, data):
