@@ -49,7 +49,8 @@ def check_non_increasing(name: str, knob: str, values: Sequence[float], accuraci
 
 
 def check_at_most(name: str, eps: float, acc: float, limit: float) -> dict:
-    return {"name": name, "passed": acc <= limit + ROUNDING, "detail": {"eps": eps, "robust_accuracy": acc, "max": limit}}
+    return {"name": name, "passed": acc <= limit + ROUNDING,
+            "detail": {"eps": eps, "robust_accuracy": acc, "max": limit}}
 
 
 def gradient_masking_checks(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 20,
