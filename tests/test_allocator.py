@@ -60,7 +60,7 @@ def test_the_cli_refuses_a_bad_setting_with_a_message():
     run = subprocess.run([sys.executable, "-m", "awnet.cli", "analyze", "--help"], env=_env(AWNET_MALLOC="fast"),
                          capture_output=True, text=True)
     assert run.returncode == 0  # --help answers before anything runs
-    run = subprocess.run([sys.executable, "-m", "awnet.cli", "analyze", "weights", "no-such-file.pt", "--out", "unused.png"],
-                         env=_env(AWNET_MALLOC="fast"), capture_output=True, text=True)
+    command = [sys.executable, "-m", "awnet.cli", "analyze", "weights", "no-such-file.pt", "--out", "unused.png"]
+    run = subprocess.run(command, env=_env(AWNET_MALLOC="fast"), capture_output=True, text=True)
     assert run.returncode == 2, run.stderr
     assert "AWNET_MALLOC" in run.stderr and "Traceback" not in run.stderr, run.stderr
