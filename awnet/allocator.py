@@ -36,8 +36,9 @@ _pinned = False
 
 def describe() -> str:
     """What malloc this process runs with, for a report."""
-    if preloaded() is not None:
-        return preloaded()
+    library = preloaded()
+    if library is not None:
+        return library
     if platform.libc_ver()[0] != "glibc":
         return "system"
     return PINNED_NAME if _pinned else "glibc dynamic"

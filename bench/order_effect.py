@@ -13,9 +13,9 @@ statistic on a shared machine); the page faults and kernel (sys) time per round 
 is (its mmap threshold moves with every large free), glibc with the threshold fixed small by the environment
 (every large tensor mmap'ed and faulted in afresh), and jemalloc / tcmalloc by LD_PRELOAD where installed
 (Debian: libjemalloc2, libtcmalloc-minimal4).
---suite is what a user sees: `pytest bench/ --benchmark-only` in one process, then each PGD-10 training-step
-benchmark alone in a fresh process, under one allocator setting; a table of the two times (pytest-benchmark's
-minimum) and their ratio, exit 1 past --tolerance.
+--suite is what a user sees: `pytest bench/ --benchmark-only` in one process, and each PGD-10 training-step
+benchmark alone in a fresh process before and after it, under one allocator setting; a table of the times
+(pytest-benchmark's minimum) and the suite's ratio to the mean of the two alone, exit 1 past --tolerance.
 """
 from __future__ import annotations
 
