@@ -1,8 +1,7 @@
 """Loading the compiled extension (`awkernels/_C*.so`) and saying what it holds.
 
 setup.py writes `_build_info.json` beside the library: which parts it compiled and why a part is missing.
-The library registers the `awnet::` ops from C++ (TORCH_LIBRARY); their fake (shape-only) implementations
-are registered here so torch.compile can trace them.
+The library registers CPU, CUDA and Autograd kernels for the `awnet::` ops that `_contract` declares.
 """
 from __future__ import annotations
 
@@ -11,7 +10,8 @@ import json
 import os
 
 import torch
-from torch._prims_common import suggest_memory_format
+
+from . import _contract  # noqa: F401  (the schemas the library's kernels implement)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -75,49 +75,3 @@ def build_info() -> dict:
         "torch": torch.__version__,
         "built_with_torch": _record.get("torch"),
     }
-
-
-def _grads(x: torch.Tensor, others, output_mask) -> tuple:
-    """Fake gradients as the C++ backwards lay them out: dx like x's memory format, the rest contiguous,
-    and an empty tensor for each gradient not asked for."""
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=suggest_memory_format(x))
-    grads = [dx] + [t.new_empty(t.shape) if t is not None else None for t in others]
-    return tuple(g if needed and g is not None else x.new_empty((0,)) for g, needed in zip(grads, output_mask))
-
-
-if _library is not None:
-
-    def _conv_output(x, weight, stride, padding, dilation, channels):
-        sizes = [x.shape[0], channels]
-        for i in range(2):
-            k = weight.shape[3 + i]
-            sizes.append((x.shape[2 + i] + 2 * padding[i] - dilation[i] * (k - 1) - 1) // stride[i] + 1)
-        # The C++ op writes its outputs in x's suggested memory format.
-        return torch.empty(sizes, dtype=x.dtype, device=x.device, memory_format=suggest_memory_format(x))
-
-    @torch.library.register_fake("awnet::aw_conv2d")
-    def _aw_conv2d_fake(x, weight, coeff, bias, stride, padding, dilation, groups):
-        return _conv_output(x, weight, stride, padding, dilation, weight.shape[1])
-
-    @torch.library.register_fake("awnet::aw_conv2d_forward")
-    def _aw_conv2d_forward_fake(x, weight, coeff, bias, stride, padding, dilation, groups):
-        return (_conv_output(x, weight, stride, padding, dilation, weight.shape[1]),
-                _conv_output(x, weight, stride, padding, dilation, weight.shape[0] * weight.shape[1]))
-
-    @torch.library.register_fake("awnet::aw_conv2d_backward")
-    def _aw_conv2d_backward_fake(grad_y, x, weight, coeff, bias, saved, stride, padding, dilation, groups,
-                                 output_mask):
-        return _grads(x, (weight, coeff, bias), output_mask)
-
-    @torch.library.register_fake("awnet::mix_batch_norm")
-    def _mix_batch_norm_fake(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps):
-        acc = torch.promote_types(x.dtype, torch.float32)
-        stats = x.new_empty(weight.shape, dtype=acc)
-        moments = x.new_empty(x.shape[:2] if training else (0,), dtype=acc)
-        y = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=suggest_memory_format(x))
-        return y, stats, torch.empty_like(stats), moments, torch.empty_like(moments)
-
-    @torch.library.register_fake("awnet::mix_batch_norm_backward")
-    def _mix_batch_norm_backward_fake(grad_y, x, coeff, weight, bias, mean, invstd, sample_mean, sample_var,
-                                      training, eps, output_mask):
-        return _grads(x, (coeff, weight, bias), output_mask)

@@ -213,11 +213,15 @@ def auto_choice(call: ConvCall) -> Choice:
                   "here)")
 
 
-@torch.compiler.assume_constant_result
 def backend_for(selected: str, *call) -> str:
     """The backend that runs the call (ConvCall's fields, flat: Dynamo passes constants of plain types to a
     constant function): under torch.compile a constant of the graph, chosen while tracing."""
     return choose(ConvCall(*call), selected).backend
+
+
+# What torch.compiler.assume_constant_result sets, without its import of Dynamo: that import is 2 of the 5
+# seconds `import awnet` takes, and only a compilation needs it (which imports Dynamo itself).
+backend_for._dynamo_marked_constant = True
 
 
 def _logged(call: ConvCall, choice: Choice) -> Choice:

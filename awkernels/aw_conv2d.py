@@ -41,7 +41,7 @@ def aw_conv2d(
         bias = bias.to(dtype) if bias is not None else None
     backend, stride, padding, dilation = _plan(x, weight, coeff, bias, stride, padding, dilation, groups)
     if backend == "triton":
-        return aw_conv2d_triton(x, weight, coeff, bias, stride, padding, dilation)
+        return aw_conv2d_triton(x, weight, coeff, bias, stride, padding, dilation, groups)
     if backend in ("cpp", "cuda"):  # the C++ extension, registered for both devices
         return torch.ops.awnet.aw_conv2d(x, weight, coeff, bias, stride, padding, dilation, groups)
     return reference.aw_conv2d(x, weight, coeff, bias, stride, padding, dilation, groups)

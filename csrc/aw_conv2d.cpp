@@ -118,9 +118,9 @@ Tensor aw_conv2d(const Tensor& x, const Tensor& weight, const Tensor& coeff, con
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> aw_conv2d_backward(
-    const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& coeff,
-    const std::optional<Tensor>& bias, const Tensor& saved, IntArrayRef stride, IntArrayRef padding,
-    IntArrayRef dilation, int64_t groups, std::array<bool, 4> output_mask) {
+    const Tensor& grad_y, const Tensor& saved, const Tensor& x, const Tensor& weight, const Tensor& coeff,
+    const std::optional<Tensor>& bias, IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+    int64_t groups, std::array<bool, 4> output_mask) {
   // Layouts are part of the contract (the fake kernels promise them): dx in x's memory format, the
   // other gradients contiguous.
   const NoAutocast no_autocast;
@@ -153,7 +153,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> aw_conv2d_backward(
     auto [gx, gw, unused] = at::convolution_backward(dy_banks, x, stacked, std::nullopt, stride, padding, dilation,
                                                      false, {0, 0}, groups, {need_x, need_weight, false});
     if (need_x) dx = gx.contiguous(x.suggest_memory_format());
-    if (need_weight) dweight = unstack_banks(gw, num_banks, groups);
+    if (need_weight) dweight = unstack_banks(gw, num_banks, groups).contiguous();  // channels_last x gives a strided gw
   }
   if (need_coeff) {
     if (bias) da.add_(bias->to(acc).unsqueeze(0) * dy_sum.unsqueeze(1));

@@ -1,4 +1,5 @@
-// The awnet:: operators: declarations shared by the schema, the backends and the autograd.
+// The awnet:: operators: the C++ kernels of the schemas that awkernels/_contract.py declares (the one place
+// their argument lists are written), shared by the backends and the autograd.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -30,9 +31,9 @@ std::tuple<Tensor, Tensor> aw_conv2d_forward(const Tensor& x, const Tensor& weig
                                              IntArrayRef padding, IntArrayRef dilation, int64_t groups);
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> aw_conv2d_backward(
-    const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& coeff,
-    const std::optional<Tensor>& bias, const Tensor& saved, IntArrayRef stride, IntArrayRef padding,
-    IntArrayRef dilation, int64_t groups, std::array<bool, 4> output_mask);
+    const Tensor& grad_y, const Tensor& saved, const Tensor& x, const Tensor& weight, const Tensor& coeff,
+    const std::optional<Tensor>& bias, IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+    int64_t groups, std::array<bool, 4> output_mask);
 
 // y, the banks' (K, C) mean and invstd, and the (B, C) per-sample moments (training; else empty).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mix_batch_norm(
@@ -40,9 +41,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mix_batch_norm(
     Tensor& running_var, bool training, double momentum, double eps);
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> mix_batch_norm_backward(
-    const Tensor& grad_y, const Tensor& x, const Tensor& coeff, const Tensor& weight, const Tensor& bias,
-    const Tensor& mean, const Tensor& invstd, const Tensor& sample_mean, const Tensor& sample_var, bool training,
-    double eps, std::array<bool, 4> output_mask);
+    const Tensor& grad_y, const Tensor& mean, const Tensor& invstd, const Tensor& sample_mean,
+    const Tensor& sample_var, const Tensor& x, const Tensor& coeff, const Tensor& weight, const Tensor& bias,
+    bool training, double eps, std::array<bool, 4> output_mask);
 
 // Banks stacked along the output channels, group-major, so that one grouped convolution computes every
 // bank: bank k's filter o sits at stacked channel (o / Cg) * K * Cg + k * Cg + o % Cg, Cg = C_out / groups.
@@ -102,6 +103,18 @@ using BnGradSums = std::tuple<Tensor, Tensor>(const Tensor& dy, const Tensor& x)
 using BnGradInput = Tensor(const Tensor& dy, const Tensor& x, const Tensor& scale_dy, const Tensor& scale_x,
                            const Tensor& shift);
 
+// In eval the per-(sample, channel) map needs no statistic of the batch, so each direction saves a pass: the
+// kernel computes the map for its (sample, channel) where it applies it.
+// Forward, one pass: mean and invstd (K, C) from the running statistics, and y = scale * x + shift in x's
+// suggested memory format (mix_batch_norm_finalize.h's EvalMap gives scale and shift).
+using BnEvalForward = Tensor(const Tensor& x, const Tensor& w, const Tensor& gamma, const Tensor& beta,
+                             const Tensor& running_mean, const Tensor& running_var, double eps, Tensor& mean,
+                             Tensor& invstd);
+// Backward, one pass over dy and x: dx = scale * dy (undefined unless need_x), and (sum_p dy, sum_p dy * x)
+// for the parameter and coefficient gradients.
+using BnEvalGrad = std::tuple<Tensor, Tensor, Tensor>(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                                      const Tensor& gamma, const Tensor& invstd, bool need_x);
+
 struct DeviceKernels {
   MixBanks* mix_banks;
   BankGrads* bank_grads;
@@ -110,6 +123,8 @@ struct DeviceKernels {
   BnFinalizeBackward* bn_finalize_backward;
   BnGradSums* bn_grad_sums;
   BnGradInput* bn_grad_input;
+  BnEvalForward* bn_eval_forward;
+  BnEvalGrad* bn_eval_grad;
 };
 
 namespace cpu {
@@ -120,6 +135,8 @@ BnFinalize bn_finalize;
 BnFinalizeBackward bn_finalize_backward;
 BnGradSums bn_grad_sums;
 BnGradInput bn_grad_input;
+BnEvalForward bn_eval_forward;
+BnEvalGrad bn_eval_grad;
 }  // namespace cpu
 
 #ifdef AWNET_WITH_CUDA
@@ -131,17 +148,21 @@ BnFinalize bn_finalize;
 BnFinalizeBackward bn_finalize_backward;
 BnGradSums bn_grad_sums;
 BnGradInput bn_grad_input;
+BnEvalForward bn_eval_forward;
+BnEvalGrad bn_eval_grad;
 }  // namespace cuda
 #endif
 
 // The kernels for `t`'s device. The CUDA ops are registered only when the CUDA part is built, so a CUDA
 // tensor reaches here only then.
 inline const DeviceKernels& kernels_for(const Tensor& t) {
-  static constexpr DeviceKernels cpu_kernels{cpu::mix_banks,   cpu::bank_grads,           cpu::bn_moments, cpu::bn_finalize,
-                                             cpu::bn_finalize_backward, cpu::bn_grad_sums, cpu::bn_grad_input};
+  static constexpr DeviceKernels cpu_kernels{cpu::mix_banks,       cpu::bank_grads,           cpu::bn_moments,
+                                             cpu::bn_finalize,     cpu::bn_finalize_backward, cpu::bn_grad_sums,
+                                             cpu::bn_grad_input,   cpu::bn_eval_forward,      cpu::bn_eval_grad};
 #ifdef AWNET_WITH_CUDA
-  static constexpr DeviceKernels cuda_kernels{cuda::mix_banks,   cuda::bank_grads,           cuda::bn_moments, cuda::bn_finalize,
-                                              cuda::bn_finalize_backward, cuda::bn_grad_sums, cuda::bn_grad_input};
+  static constexpr DeviceKernels cuda_kernels{cuda::mix_banks,     cuda::bank_grads,           cuda::bn_moments,
+                                              cuda::bn_finalize,   cuda::bn_finalize_backward, cuda::bn_grad_sums,
+                                              cuda::bn_grad_input, cuda::bn_eval_forward,      cuda::bn_eval_grad};
   if (t.is_cuda()) return cuda_kernels;
 #endif
   return cpu_kernels;

@@ -4,7 +4,9 @@
 // B = sum_k coeff[b,k] (beta_k - gamma_k mu_k invstd_k). Forward: the moments (one pass over x), a finalize
 // kernel over the (K, C) and (B, C) statistics, the affine pass. Backward: the sums of dy and dy * x (one
 // pass), a finalize kernel (parameter and coefficient gradients, dx's map dx = A dy + C1 x + C0), the dx
-// pass. The forward returns the per-sample moments so the backward never reads x for them again.
+// pass. The forward returns the per-sample moments so the backward never reads x for them again. In eval
+// (the attack's steps) the map needs no batch statistic: one pass forward, and backward one pass for dx and
+// the sums plus the finalize.
 #include "awnet.h"
 
 #include <ATen/ATen.h>
@@ -50,11 +52,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mix_batch_norm(
                     momentum);
   const auto acc = at::toOpMathType(x.scalar_type());
   const auto w = dense_acc(coeff, acc), gamma = dense_acc(weight, acc), beta = dense_acc(bias, acc);
-  Tensor sample_mean = w.new_empty({0}), sample_var = w.new_empty({0});
-  if (training) {
-    // Pass 1: the per-(sample, channel) moments, accumulated (and returned) in float.
-    std::tie(sample_mean, sample_var) = kernels_for(x).bn_moments(x);
+  if (!training) {
+    // Eval: one pass, the map computed where it is applied.
+    auto mean = at::empty(weight.sizes(), w.options()), invstd = at::empty(weight.sizes(), w.options());
+    auto y = kernels_for(x).bn_eval_forward(x, w, gamma, beta, dense_acc(running_mean, acc),
+                                            dense_acc(running_var, acc), eps, mean, invstd);
+    return {y, mean, invstd, w.new_empty({0}), w.new_empty({0})};
   }
+  // Pass 1: the per-(sample, channel) moments, accumulated (and returned) in float.
+  const auto [sample_mean, sample_var] = kernels_for(x).bn_moments(x);
   // The finalize works on the running statistics in place when they are dense and in the accumulation type.
   auto run_mean = dense_acc(running_mean, acc), run_var = dense_acc(running_var, acc);
   const auto bank_options = w.options();
@@ -63,8 +69,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mix_batch_norm(
   // Pass 2: the bank statistics, the running statistics and the per-(sample, channel) affine map.
   kernels_for(x).bn_finalize(w, sample_mean, sample_var, gamma, beta, run_mean, run_var, training, momentum, eps,
                              x.size(2) * x.size(3), mean, invstd, scale, shift);
-  if (training && !run_mean.is_same(running_mean)) running_mean.copy_(run_mean);
-  if (training && !run_var.is_same(running_var)) running_var.copy_(run_var);
+  if (!run_mean.is_same(running_mean)) running_mean.copy_(run_mean);
+  if (!run_var.is_same(running_var)) running_var.copy_(run_var);
   // Pass 3: y = scale * x + shift.
   auto y = at::empty(x.sizes(), x.options().memory_format(x.suggest_memory_format()));
   const auto b = x.size(0), c = x.size(1);
@@ -73,9 +79,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mix_batch_norm(
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> mix_batch_norm_backward(
-    const Tensor& grad_y, const Tensor& x, const Tensor& coeff, const Tensor& weight, const Tensor& bias,
-    const Tensor& mean, const Tensor& invstd, const Tensor& sample_mean, const Tensor& sample_var, bool training,
-    double eps, std::array<bool, 4> output_mask) {
+    const Tensor& grad_y, const Tensor& mean, const Tensor& invstd, const Tensor& sample_mean,
+    const Tensor& sample_var, const Tensor& x, const Tensor& coeff, const Tensor& weight, const Tensor& bias,
+    bool training, double eps, std::array<bool, 4> output_mask) {
   const NoAutocast no_autocast;
   check_args(x, coeff, weight, bias, mean, invstd, eps);
   TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type() &&
@@ -93,6 +99,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> mix_batch_norm_backward(
   const auto [need_x, need_coeff, need_weight, need_bias] = output_mask;
   const auto w = dense_acc(coeff, acc), gamma = dense_acc(weight, acc), beta = dense_acc(bias, acc);
   const auto& kernels = kernels_for(x);
+  auto empty = x.new_empty({0});
+  if (!training) {
+    // Eval: dx = scale * dy needs no sum, so it comes from the pass that takes them; the finalize runs only
+    // for the parameter and coefficient gradients.
+    auto [dx, dy_sum, dy_x_sum] = kernels.bn_eval_grad(grad_y, x, w, gamma, dense_acc(invstd, acc), need_x);
+    if (!(need_coeff || need_weight || need_bias)) return {need_x ? dx : empty, empty, empty, empty};
+    auto dgamma = at::empty(weight.sizes(), w.options()), dbeta = at::empty_like(dgamma);
+    auto dcoeff = need_coeff ? at::empty(coeff.sizes(), w.options()) : Tensor();
+    auto unused = at::empty_like(dy_sum), unused_x = at::empty_like(dy_sum), unused_shift = at::empty_like(dy_sum);
+    kernels.bn_finalize_backward(w, dy_sum, dy_x_sum, dense_acc(mean, acc), dense_acc(invstd, acc), gamma, beta,
+                                 Tensor(), Tensor(), false, eps, x.size(2) * x.size(3), dgamma, dbeta, dcoeff, unused,
+                                 unused_x, unused_shift);
+    return {need_x ? dx : empty, need_coeff ? dcoeff.to(coeff.scalar_type()) : empty,
+            need_weight ? dgamma.to(weight.scalar_type()) : empty, need_bias ? dbeta.to(bias.scalar_type()) : empty};
+  }
   // Pass 1: sum_p dy and sum_p dy * x per (sample, channel).
   const auto [dy_sum, dy_x_sum] = kernels.bn_grad_sums(grad_y, x);
   // Pass 2: the parameter and coefficient gradients, and dx's per-(sample, channel) map.
@@ -104,7 +125,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> mix_batch_norm_backward(
                                training ? sample_var.contiguous() : Tensor(), training, eps, x.size(2) * x.size(3),
                                dgamma, dbeta, dcoeff, scale_dy, scale_x, shift);
   // Pass 3: dx.
-  auto empty = x.new_empty({0});
   const auto dx = need_x ? kernels.bn_grad_input(grad_y, x, scale_dy, scale_x, shift) : empty;
   return {dx, need_coeff ? dcoeff.to(coeff.scalar_type()) : empty,
           need_weight ? dgamma.to(weight.scalar_type()) : empty, need_bias ? dbeta.to(bias.scalar_type()) : empty};

@@ -70,6 +70,37 @@ struct FinalizeForward {
   }
 };
 
+// Eval: every bank normalises with its running statistics, so the map of (sample b, channel c) needs only the
+// K banks' values at c, and a pass computes it where it applies it. The forward reads the running variance
+// (and writes bank k's mean and invstd for the backward with `stats`), the backward the invstd it saved.
+template <typename acc_t>
+struct EvalMap {
+  const acc_t *w, *gamma, *beta, *mean;  // (B, K), (K, C) x 3; beta null in the backward (no shift)
+  const acc_t *running_var, *saved_invstd;  // (K, C): one of them
+  int64_t banks, channels;
+  acc_t eps;
+
+  C10_HOST_DEVICE acc_t invstd(int64_t kc) const {
+    return saved_invstd ? saved_invstd[kc] : inverse_sqrt(running_var[kc] + eps);
+  }
+  C10_HOST_DEVICE void stats(int64_t c, acc_t* mean_out, acc_t* invstd_out) const {
+    for (int64_t k = 0; k < banks; ++k) {
+      mean_out[k * channels + c] = mean[k * channels + c];
+      invstd_out[k * channels + c] = invstd(k * channels + c);
+    }
+  }
+  // y = scale * x + shift; the backward's dx = scale * dy.
+  C10_HOST_DEVICE void operator()(int64_t b, int64_t c, acc_t& scale, acc_t& shift) const {
+    scale = shift = 0;
+    for (int64_t k = 0; k < banks; ++k) {
+      const int64_t kc = k * channels + c;
+      const acc_t bank_scale = gamma[kc] * invstd(kc);
+      scale += w[b * banks + k] * bank_scale;
+      if (beta) shift += w[b * banks + k] * (beta[kc] - mean[kc] * bank_scale);
+    }
+  }
+};
+
 // Backward, from the per-(sample, channel) sums of dy and dy * x: the parameter gradients, the coefficient
 // gradient's share of channel c (dcoeff_c (B, K, C), summed over C by the caller), and dx's per-(sample,
 // channel) map dx = scale_dy * dy + scale_x * x + shift. With xhat_k = (x - mu_k) invstd_k:

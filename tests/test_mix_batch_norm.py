@@ -83,6 +83,10 @@ CASES = [
            layout="channels_last"),
     BNCase("train-K2-soft-5000-channels", True, batch=4, channels=5000, size=(2, 2)),
     BNCase("eval-K2-soft-large", False, batch=8, channels=32, size=(24, 24)),
+    # The eval passes (one each way) in both layouts, with more (sample, channel) maps than one task takes.
+    BNCase("eval-K3-hard-large-channels_last", False, coeff="hard", banks=3, batch=8, channels=40, size=(24, 24),
+           layout="channels_last"),
+    BNCase("eval-K2-soft-5000-channels", False, batch=4, channels=5000, size=(2, 2)),
 ]
 
 

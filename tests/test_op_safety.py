@@ -1,5 +1,6 @@
-"""The C++ ops reachable as `torch.ops.awnet.*` are memory-safe whatever they are given: each bad call runs
-in its own process, so a crash (the SIGSEGVs of issue 21) fails its test instead of killing the run."""
+"""The C++ ops reachable as `torch.ops.awnet.*` are memory-safe whatever they are given: the bad calls run in
+a child process, so a crash (the SIGSEGVs of issue 21) fails its test instead of killing the run; the calls
+after a crash run in a fresh child."""
 from __future__ import annotations
 
 import subprocess
@@ -32,11 +33,11 @@ CASES = [
      "bias must be (K, C_out)"),
     ("conv-stride-length", "torch.ops.awnet.aw_conv2d(x, w, c, b, [1], [0, 0], [1, 1], 1)", "ValueError",
      "must be pairs"),
-    ("conv-backward-grad-shape", "torch.ops.awnet.aw_conv2d_backward(g[:, :3], x, w, c, b, saved, [1, 1], "
+    ("conv-backward-grad-shape", "torch.ops.awnet.aw_conv2d_backward(g[:, :3], saved, x, w, c, b, [1, 1], "
      "[0, 0], [1, 1], 1, [True, True, True, False])", "ValueError", "grad_y must be"),
-    ("conv-backward-saved-shape", "torch.ops.awnet.aw_conv2d_backward(g, x, w, c, b, saved[:, :3], [1, 1], "
+    ("conv-backward-saved-shape", "torch.ops.awnet.aw_conv2d_backward(g, saved[:, :3], x, w, c, b, [1, 1], "
      "[0, 0], [1, 1], 1, [True, True, True, True])", "ValueError", "saved bank outputs"),
-    ("conv-backward-dcoeff-without-saved", "torch.ops.awnet.aw_conv2d_backward(g, x, w, c, b, torch.empty(0), "
+    ("conv-backward-dcoeff-without-saved", "torch.ops.awnet.aw_conv2d_backward(g, torch.empty(0), x, w, c, b, "
      "[1, 1], [0, 0], [1, 1], 1, [False, False, True, False])", "ValueError", "dcoeff needs the bank outputs"),
     ("conv-dtype", "torch.ops.awnet.aw_conv2d(x, w.double(), c, b, [1, 1], [0, 0], [1, 1], 1)", "TypeError",
      "dtype"),
@@ -46,27 +47,48 @@ CASES = [
      "0.1, -1e-5)", "ValueError", "eps"),
     ("bn-stats-shape", "torch.ops.awnet.mix_batch_norm(x, c, torch.ones(2, 4), torch.zeros(2, 4), "
      "torch.zeros(2, 3), torch.ones(2, 4), True, 0.1, 1e-5)", "ValueError", "(K, C)"),
-    ("bn-backward-sample-moments", "torch.ops.awnet.mix_batch_norm_backward(torch.randn_like(x), x, c, "
-     "torch.ones(2, 4), torch.zeros(2, 4), bn[1], bn[2], bn[3][:1], bn[4], True, 1e-5, [True, True, True, True])",
+    ("bn-backward-sample-moments", "torch.ops.awnet.mix_batch_norm_backward(torch.randn_like(x), bn[1], bn[2], "
+     "bn[3][:1], bn[4], x, c, torch.ones(2, 4), torch.zeros(2, 4), True, 1e-5, [True, True, True, True])",
      "ValueError", "per-sample moments"),
-    ("bn-backward-grad-shape", "torch.ops.awnet.mix_batch_norm_backward(x[:1], x, c, torch.ones(2, 4), "
-     "torch.zeros(2, 4), bn[1], bn[2], bn[3], bn[4], True, 1e-5, [True, True, True, True])", "ValueError",
+    ("bn-backward-grad-shape", "torch.ops.awnet.mix_batch_norm_backward(x[:1], bn[1], bn[2], bn[3], "
+     "bn[4], x, c, torch.ones(2, 4), torch.zeros(2, 4), True, 1e-5, [True, True, True, True])", "ValueError",
      "grad_y must be like x"),
 ]
 
 
-@pytest.mark.skipif("cpp" not in awkernels.available_backends(), reason="the C++ extension is not built")
-@pytest.mark.parametrize("call,error,fragment", [pytest.param(*c[1:], id=c[0]) for c in CASES])
-def test_bad_call_raises_instead_of_crashing(call, error, fragment):
-    script = PRELUDE + f"""
+def _run_cases() -> dict[str, tuple[str, str]]:
+    """id -> (exception name or "no error" or "crashed: ...", the first line of its message)."""
+    outcomes, pending = {}, [c[:2] for c in CASES]
+    while pending:
+        script = PRELUDE + "import sys\n" + "".join(f"""
 try:
     {call}
 except Exception as e:
-    print(type(e).__name__, "|", str(e).splitlines()[0])
+    print({case!r}, "|", type(e).__name__, "|", str(e).splitlines()[0], flush=True)
 else:
-    print("no error")
-"""
-    run = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, f"the process died (rc {run.returncode}): {run.stderr[-2000:]}"
-    kind, _, message = run.stdout.strip().rpartition("\n")[2].partition(" | ")
-    assert kind == error and fragment in message, run.stdout
+    print({case!r}, "| no error |", flush=True)
+""" for case, call in pending)
+        run = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=300)
+        for line in run.stdout.splitlines():
+            case, kind, message = (part.strip() for part in line.split("|", 2))
+            outcomes[case] = (kind, message)
+        pending = [(case, call) for case, call in pending if case not in outcomes]
+        if pending and run.returncode == 0:
+            raise AssertionError(f"the child skipped cases without dying: {run.stdout[-2000:]}")
+        if pending:  # the first case without an outcome killed the child
+            outcomes[pending[0][0]] = (f"crashed (rc {run.returncode})", run.stderr[-2000:])
+            pending = pending[1:]
+    return outcomes
+
+
+@pytest.fixture(scope="module")
+def outcomes():
+    return _run_cases()
+
+
+@pytest.mark.skipif("cpp" not in awkernels.available_backends(), reason="the C++ extension is not built")
+@pytest.mark.parametrize("case,error,fragment", [pytest.param(c[0], *c[2:], id=c[0]) for c in CASES])
+def test_bad_call_raises_instead_of_crashing(outcomes, case, error, fragment):
+    kind, message = outcomes[case]
+    assert kind == error and fragment in message, (kind, message)

@@ -20,10 +20,11 @@ from bench.kernel_counts import kernels, pgd10_step, recipe_step, step_kernels  
 
 # Kernels of one PGD-10 step of ResNet-18 at batch 2 on the cpp backend (`python -m bench.kernel_counts
 # --backend cpp`; torch 2.14, CPU), with about 3% for other PyTorch versions. Measured: static 1985, AW banks 1
-# 3123, banks 2 3208 (before the fused router and signals: 5321 and 15222 on `auto`). The issue's aim is 1.5x;
-# what is left above it is MixBN's two kernels forward and three backward against BN's one and one.
-BUDGET = {"static": 2050, "aw-banks1": 3220, "aw-banks2": 3300}
-AW_RATIO = 1.65  # the most an AW step may launch relative to the static step
+# 2703, banks 2 2788 (3123 and 3208 before MixBN's eval passes, one each way; 5321 and 15222 on `auto` before
+# the fused router and signals). Issue 18 asks for at most 1.5x; the aim, 1.3x, needs MixBN's training
+# passes down to two per direction and the omega scale folded into a neighbour.
+BUDGET = {"static": 2050, "aw-banks1": 2790, "aw-banks2": 2880}
+AW_RATIO = 1.5  # the most an AW step may launch relative to the static step
 
 # Operators that make the host wait for the device: a scalar read, or an output whose size depends on values.
 HOST_SYNCS = {"aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::nonzero", "aten::masked_select",

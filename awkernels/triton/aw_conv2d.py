@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
+from .. import _contract
 from .config import Config, acc_dtype, acc_torch_dtype, dot_precision, pick, upcast_dots
 
 
@@ -294,55 +295,25 @@ def backward(grad_y, x, weight, coeff, bias, stride, padding, dilation, output_m
         dcoeff = (da if coeff.dim() == 3 else da.sum(2)).to(coeff.dtype)
     if need_bias:
         a = coeff if coeff.dim() == 3 else coeff[:, :, None].expand(*coeff.shape, weight.shape[1])
-        dbias = torch.einsum("bko,bo->ko", a.to(dy_sum.dtype), dy_sum).to(bias.dtype)
+        # contiguous: einsum may hand back a transposed view, and the contract promises dense gradients.
+        dbias = torch.einsum("bko,bo->ko", a.to(dy_sum.dtype), dy_sum).to(bias.dtype).contiguous()
     return dx, (dweight.to(weight.dtype) if need_weight else None), dcoeff, dbias
 
 
-# The op: custom ops with autograd and fake kernels, so torch.compile traces them without a break.
-@torch.library.custom_op("awnet::aw_conv2d_triton", mutates_args=())
-def aw_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, coeff: torch.Tensor, bias: torch.Tensor | None,
-              stride: list[int], padding: list[int], dilation: list[int]) -> torch.Tensor:
+# The op: `awnet::aw_conv2d_triton` and its backward, the contract's schemas (awkernels/_contract.py, which
+# also gives their fakes and autograd). The blend strategy keeps nothing for the backward (`saved` is empty):
+# its dW/dcoeff kernel forms G_b in registers from x and dy.
+def _forward_op(x, weight, coeff, bias, stride, padding, dilation, groups):
     return forward(x, weight, coeff, bias, stride, padding, dilation)
 
 
-@aw_conv2d_triton.register_fake
-def _(x, weight, coeff, bias, stride, padding, dilation):
-    sizes = [x.shape[0], weight.shape[1]]
-    for i in range(2):
-        k = weight.shape[3 + i]
-        sizes.append((x.shape[2 + i] + 2 * padding[i] - dilation[i] * (k - 1) - 1) // stride[i] + 1)
-    return torch.empty(sizes, dtype=x.dtype, device=x.device, memory_format=suggest_memory_format(x))
-
-
-@torch.library.custom_op("awnet::aw_conv2d_triton_backward", mutates_args=())
-def aw_conv2d_triton_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, coeff: torch.Tensor,
-                       bias: torch.Tensor | None, stride: list[int], padding: list[int], dilation: list[int],
-                       output_mask: list[bool]) -> list[torch.Tensor]:
+def _backward_op(grad_y, saved, x, weight, coeff, bias, stride, padding, dilation, groups, output_mask):
     grads = backward(grad_y, x, weight, coeff, bias, stride, padding, dilation, output_mask)
-    # Custom ops return tensors: an empty one stands for a gradient not asked for.
-    return [g if g is not None else x.new_empty(0) for g in grads]
+    # Ops return tensors: an empty one stands for a gradient not asked for.
+    return tuple(g if g is not None else x.new_empty(0) for g in grads)
 
 
-@aw_conv2d_triton_backward.register_fake
-def _(grad_y, x, weight, coeff, bias, stride, padding, dilation, output_mask):
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=suggest_memory_format(x))
-    like = [dx, weight.new_empty(weight.shape), coeff.new_empty(coeff.shape),
-            bias.new_empty(bias.shape) if bias is not None else None]
-    return [g if needed and g is not None else x.new_empty(0) for g, needed in zip(like, output_mask)]
-
-
-def _setup_context(ctx, inputs, output):
-    x, weight, coeff, bias, stride, padding, dilation = inputs
-    ctx.save_for_backward(x, weight, coeff, bias)
-    ctx.geometry = (stride, padding, dilation)
-
-
-def _backward(ctx, grad_y):
-    x, weight, coeff, bias = ctx.saved_tensors
-    mask = [bool(n) for n in ctx.needs_input_grad[:4]]
-    mask[3] = mask[3] and bias is not None
-    grads = aw_conv2d_triton_backward(grad_y, x, weight, coeff, bias, *ctx.geometry, mask)
-    return (*(g if needed else None for g, needed in zip(grads, mask)), None, None, None)
-
-
-aw_conv2d_triton.register_autograd(_backward, setup_context=_setup_context)
+torch.library.impl("awnet::aw_conv2d_triton", ("cpu", "cuda"), _forward_op, lib=_contract.LIBRARY)
+torch.library.impl("awnet::aw_conv2d_triton_backward", ("cpu", "cuda"), _backward_op, lib=_contract.LIBRARY)
+_contract.register_autograd("aw_conv2d_triton")
+aw_conv2d_triton = torch.ops.awnet.aw_conv2d_triton

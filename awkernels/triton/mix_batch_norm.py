@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import _contract
 from .config import acc_dtype, acc_torch_dtype
 
 _BLOCK_C, _BLOCK_P = 16, 64
@@ -178,51 +179,16 @@ def backward(grad_y, x, coeff, weight, bias, mean, invstd, training, eps, output
             dbeta.to(bias.dtype) if need_bias else None)
 
 
-# The op: custom ops with autograd and fake kernels, so torch.compile traces them without a break. Python
-# custom ops with autograd must be functional, so the op returns the new running statistics and the caller
-# writes them into the buffers.
-@torch.library.custom_op("awnet::mix_batch_norm_triton", mutates_args=())
-def mix_batch_norm_triton(x: torch.Tensor, coeff: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                          running_mean: torch.Tensor, running_var: torch.Tensor, training: bool, momentum: float,
-                          eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return forward(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps)
-
-
-@mix_batch_norm_triton.register_fake
-def _(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps):
-    stats = x.new_empty(weight.shape, dtype=acc_torch_dtype(x.dtype))
-    return (torch.empty_like(x), stats, torch.empty_like(stats), weight.new_empty(weight.shape),
-            weight.new_empty(weight.shape))
-
-
-@torch.library.custom_op("awnet::mix_batch_norm_triton_backward", mutates_args=())
-def mix_batch_norm_triton_backward(grad_y: torch.Tensor, x: torch.Tensor, coeff: torch.Tensor, weight: torch.Tensor,
-                                   bias: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, training: bool,
-                                   eps: float, output_mask: list[bool]) -> list[torch.Tensor]:
+# The op: `awnet::mix_batch_norm_triton` and its backward, the contract's schemas (awkernels/_contract.py, which
+# also gives their fakes and autograd). Functional: it returns the new running statistics in place of the
+# per-sample moments, and the caller writes them into the buffers.
+def _backward_op(grad_y, mean, invstd, sample_mean, sample_var, x, coeff, weight, bias, training, eps, output_mask):
     grads = backward(grad_y, x, coeff, weight, bias, mean, invstd, training, eps, output_mask)
-    # Custom ops return tensors: an empty one stands for a gradient not asked for.
-    return [g if g is not None else x.new_empty(0) for g in grads]
+    # Ops return tensors: an empty one stands for a gradient not asked for.
+    return tuple(g if g is not None else x.new_empty(0) for g in grads)
 
 
-@mix_batch_norm_triton_backward.register_fake
-def _(grad_y, x, coeff, weight, bias, mean, invstd, training, eps, output_mask):
-    like = [torch.empty_like(x), coeff.new_empty(coeff.shape), weight.new_empty(weight.shape),
-            bias.new_empty(bias.shape)]
-    return [g if needed else x.new_empty(0) for g, needed in zip(like, output_mask)]
-
-
-def _setup_context(ctx, inputs, output):
-    x, coeff, weight, bias, _, _, training, _, eps = inputs
-    _, mean, invstd, new_mean, new_var = output
-    ctx.save_for_backward(x, coeff, weight, bias, mean, invstd)
-    ctx.training, ctx.eps = training, eps
-    ctx.mark_non_differentiable(mean, invstd, new_mean, new_var)
-
-
-def _backward(ctx, grad_y, *_grad_statistics):
-    mask = [bool(n) for n in ctx.needs_input_grad[:4]]
-    grads = mix_batch_norm_triton_backward(grad_y, *ctx.saved_tensors, ctx.training, ctx.eps, mask)
-    return (*(g if needed else None for g, needed in zip(grads, mask)), None, None, None, None, None)
-
-
-mix_batch_norm_triton.register_autograd(_backward, setup_context=_setup_context)
+torch.library.impl("awnet::mix_batch_norm_triton", ("cpu", "cuda"), forward, lib=_contract.LIBRARY)
+torch.library.impl("awnet::mix_batch_norm_triton_backward", ("cpu", "cuda"), _backward_op, lib=_contract.LIBRARY)
+_contract.register_autograd("mix_batch_norm_triton")
+mix_batch_norm_triton = torch.ops.awnet.mix_batch_norm_triton

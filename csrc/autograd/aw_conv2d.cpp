@@ -1,4 +1,5 @@
-// Autograd for awnet::aw_conv2d, in C++ so the compiled backends need no Python in the hot path.
+// Autograd for awnet::aw_conv2d, in C++ so the compiled backends need no Python in the hot path: the formula of
+// awkernels/_contract.py's register_autograd, through the aw_conv2d_forward/aw_conv2d_backward pair.
 #include "../awnet.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -21,13 +22,13 @@ std::tuple<Tensor, Tensor> call_forward(const Tensor& x, const Tensor& weight, c
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> call_backward(
-    const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& coeff,
-    const std::optional<Tensor>& bias, const Tensor& saved, IntArrayRef stride, IntArrayRef padding,
-    IntArrayRef dilation, int64_t groups, std::array<bool, 4> output_mask) {
+    const Tensor& grad_y, const Tensor& saved, const Tensor& x, const Tensor& weight, const Tensor& coeff,
+    const std::optional<Tensor>& bias, IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+    int64_t groups, std::array<bool, 4> output_mask) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("awnet::aw_conv2d_backward", "")
                        .typed<decltype(aw_conv2d_backward)>();
-  return op.call(grad_y, x, weight, coeff, bias, saved, stride, padding, dilation, groups, output_mask);
+  return op.call(grad_y, saved, x, weight, coeff, bias, stride, padding, dilation, groups, output_mask);
 }
 
 class AWConv2dFunction : public torch::autograd::Function<AWConv2dFunction> {
@@ -52,9 +53,10 @@ class AWConv2dFunction : public torch::autograd::Function<AWConv2dFunction> {
     const std::array<bool, 4> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
                                       bias.defined() && ctx->needs_input_grad(3)};
     auto [dx, dweight, dcoeff, dbias] = call_backward(
-        grad_outputs[0], saved[0], saved[1], saved[2], bias.defined() ? std::optional<Tensor>(bias) : std::nullopt,
-        saved[4].defined() ? saved[4] : saved[0].new_empty({0}), ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
-        ctx->saved_data["dilation"].toIntVector(), ctx->saved_data["groups"].toInt(), mask);
+        grad_outputs[0], saved[4].defined() ? saved[4] : saved[0].new_empty({0}), saved[0], saved[1], saved[2],
+        bias.defined() ? std::optional<Tensor>(bias) : std::nullopt, ctx->saved_data["stride"].toIntVector(),
+        ctx->saved_data["padding"].toIntVector(), ctx->saved_data["dilation"].toIntVector(),
+        ctx->saved_data["groups"].toInt(), mask);
     // One slot per forward argument; the four int arguments get none.
     return {mask[0] ? dx : Tensor(), mask[1] ? dweight : Tensor(), mask[2] ? dcoeff : Tensor(),
             mask[3] ? dbias : Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};

@@ -1,4 +1,5 @@
-// Autograd for awnet::mix_batch_norm, in C++ so the compiled backends need no Python in the hot path.
+// Autograd for awnet::mix_batch_norm, in C++ so the compiled backends need no Python in the hot path (the
+// formula of awkernels/_contract.py's register_autograd).
 #include "../awnet.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -21,13 +22,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> call_forward(const Tensor& x,
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> call_backward(
-    const Tensor& grad_y, const Tensor& x, const Tensor& coeff, const Tensor& weight, const Tensor& bias,
-    const Tensor& mean, const Tensor& invstd, const Tensor& sample_mean, const Tensor& sample_var, bool training,
-    double eps, std::array<bool, 4> output_mask) {
+    const Tensor& grad_y, const Tensor& mean, const Tensor& invstd, const Tensor& sample_mean,
+    const Tensor& sample_var, const Tensor& x, const Tensor& coeff, const Tensor& weight, const Tensor& bias,
+    bool training, double eps, std::array<bool, 4> output_mask) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("awnet::mix_batch_norm_backward", "")
                        .typed<decltype(mix_batch_norm_backward)>();
-  return op.call(grad_y, x, coeff, weight, bias, mean, invstd, sample_mean, sample_var, training, eps, output_mask);
+  return op.call(grad_y, mean, invstd, sample_mean, sample_var, x, coeff, weight, bias, training, eps, output_mask);
 }
 
 class MixBatchNormFunction : public torch::autograd::Function<MixBatchNormFunction> {
@@ -53,7 +54,7 @@ class MixBatchNormFunction : public torch::autograd::Function<MixBatchNormFuncti
     const std::array<bool, 4> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
                                       ctx->needs_input_grad(3)};
     auto [dx, dcoeff, dweight, dbias] =
-        call_backward(grad_outputs[0], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
+        call_backward(grad_outputs[0], s[4], s[5], s[6], s[7], s[0], s[1], s[2], s[3],
                       ctx->saved_data["training"].toBool(), ctx->saved_data["eps"].toDouble(), mask);
     // One slot per forward argument; the running statistics and the three scalars get none.
     return {mask[0] ? dx : Tensor(), mask[1] ? dcoeff : Tensor(), mask[2] ? dweight : Tensor(),

@@ -97,28 +97,74 @@ void grad_sums(const scalar_t* dy, const scalar_t* x, acc_t* dy_sum, acc_t* dy_x
   });
 }
 
+// out = a[b,c] * u + cx[b,c] * v + c0[b,c], the map of every pass that writes a (B, C, H, W) tensor: dx
+// (u = dy, v = x) and, without the v term (v null), the eval forward's y (u = x).
 template <typename scalar_t, typename acc_t>
-void grad_input(const scalar_t* dy, const scalar_t* x, const acc_t* scale_dy, const acc_t* scale_x,
-                const acc_t* shift, scalar_t* dx, int64_t batch, int64_t channels, int64_t pixels, bool rows) {
+void per_channel_map(const scalar_t* u, const scalar_t* v, const acc_t* a, const acc_t* cx, const acc_t* c0,
+                     scalar_t* out, int64_t batch, int64_t channels, int64_t pixels, bool rows) {
+  const auto term = [&](int64_t bc, int64_t i) {
+    const acc_t linear = a[bc] * static_cast<acc_t>(u[i]) + c0[bc];
+    return static_cast<scalar_t>(v ? linear + cx[bc] * static_cast<acc_t>(v[i]) : linear);
+  };
   if (!rows) {
     at::parallel_for(0, batch * channels, grain(pixels), [&](int64_t begin, int64_t end) {
-      for (int64_t bc = begin; bc < end; ++bc) {
-        const acc_t a = scale_dy[bc], cx = scale_x[bc], c0 = shift[bc];
-        const int64_t base = bc * pixels;
-        for (int64_t p = 0; p < pixels; ++p)
-          dx[base + p] = static_cast<scalar_t>(a * static_cast<acc_t>(dy[base + p]) +
-                                               cx * static_cast<acc_t>(x[base + p]) + c0);
-      }
+      for (int64_t bc = begin; bc < end; ++bc)
+        for (int64_t p = 0, base = bc * pixels; p < pixels; ++p) out[base + p] = term(bc, base + p);
     });
     return;
   }
   at::parallel_for(0, batch * pixels, grain(channels), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t bc = row / pixels * channels, base = row * channels;
-      for (int64_t c = 0; c < channels; ++c)
-        dx[base + c] = static_cast<scalar_t>(scale_dy[bc + c] * static_cast<acc_t>(dy[base + c]) +
-                                             scale_x[bc + c] * static_cast<acc_t>(x[base + c]) + shift[bc + c]);
+    for (int64_t row = begin; row < end; ++row)
+      for (int64_t c = 0, bc = row / pixels * channels, base = row * channels; c < channels; ++c)
+        out[base + c] = term(bc + c, base + c);
+  });
+}
+
+// The eval backward's pass: the sums of dy and dy * x and (dx non-null) dx = scale * dy, each (sample, channel)
+// plane or sample written while its dy is in cache.
+template <typename scalar_t, typename acc_t>
+void eval_grad_pass(const scalar_t* dy, const scalar_t* x, const acc_t* scale, scalar_t* dx, acc_t* dy_sum,
+                    acc_t* dy_x_sum, int64_t batch, int64_t channels, int64_t pixels, bool rows) {
+  if (!rows) {
+    at::parallel_for(0, batch * channels, grain(pixels), [&](int64_t begin, int64_t end) {
+      for (int64_t bc = begin; bc < end; ++bc) {
+        const scalar_t* g = dy + bc * pixels;
+        const scalar_t* v = x + bc * pixels;
+        dy_sum[bc] = sum_of<acc_t>(pixels, [&](int64_t p) { return static_cast<acc_t>(g[p]); });
+        dy_x_sum[bc] = sum_of<acc_t>(pixels, [&](int64_t p) { return static_cast<acc_t>(g[p]) * static_cast<acc_t>(v[p]); });
+        if (dx)
+          for (int64_t p = 0; p < pixels; ++p) dx[bc * pixels + p] = static_cast<scalar_t>(scale[bc] * static_cast<acc_t>(g[p]));
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, batch, grain(pixels * channels), [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      acc_t* sum = dy_sum + b * channels;
+      acc_t* dot = dy_x_sum + b * channels;
+      const acc_t* a = scale + b * channels;
+      std::fill(sum, sum + channels, acc_t(0));
+      std::fill(dot, dot + channels, acc_t(0));
+      for (int64_t p = 0; p < pixels; ++p) {
+        const int64_t base = (b * pixels + p) * channels;
+        for (int64_t c = 0; c < channels; ++c) {
+          const acc_t gc = static_cast<acc_t>(dy[base + c]);
+          sum[c] += gc;
+          dot[c] += gc * static_cast<acc_t>(x[base + c]);
+          if (dx) dx[base + c] = static_cast<scalar_t>(a[c] * gc);
+        }
+      }
     }
+  });
+}
+
+// The eval map of every (sample, channel): (B, C) is small next to the pass that applies it.
+template <typename acc_t>
+void eval_maps(const EvalMap<acc_t>& map, int64_t batch, std::vector<acc_t>& scale, std::vector<acc_t>& shift) {
+  scale.resize(batch * map.channels);
+  shift.resize(batch * map.channels);
+  at::parallel_for(0, batch * map.channels, grain(4 * map.banks), [&](int64_t begin, int64_t end) {
+    for (int64_t bc = begin; bc < end; ++bc) map(bc / map.channels, bc % map.channels, scale[bc], shift[bc]);
   });
 }
 
@@ -213,11 +259,55 @@ Tensor bn_grad_input(const Tensor& dy, const Tensor& x, const Tensor& scale_dy, 
   auto dx = at::empty_like(dense_x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "awnet_bn_grad_input_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    grad_input(dense_dy.data_ptr<scalar_t>(), dense_x.data_ptr<scalar_t>(), scale_dy.data_ptr<acc_t>(),
-               scale_x.data_ptr<acc_t>(), shift.data_ptr<acc_t>(), dx.data_ptr<scalar_t>(), x.size(0), x.size(1),
-               x.size(2) * x.size(3), channels_last(x));
+    per_channel_map(dense_dy.data_ptr<scalar_t>(), dense_x.data_ptr<scalar_t>(), scale_dy.data_ptr<acc_t>(),
+                    scale_x.data_ptr<acc_t>(), shift.data_ptr<acc_t>(), dx.data_ptr<scalar_t>(), x.size(0), x.size(1),
+                    x.size(2) * x.size(3), channels_last(x));
   });
   return dx;
+}
+
+Tensor bn_eval_forward(const Tensor& x, const Tensor& w, const Tensor& gamma, const Tensor& beta,
+                       const Tensor& running_mean, const Tensor& running_var, double eps, Tensor& mean,
+                       Tensor& invstd) {
+  RECORD_FUNCTION("awnet::cpu::bn_eval_forward", std::vector<c10::IValue>());
+  const auto dense_x = x.contiguous(x.suggest_memory_format());
+  auto y = at::empty_like(dense_x);
+  const auto batch = x.size(0), channels = x.size(1), pixels = x.size(2) * x.size(3);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "awnet_bn_eval_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const EvalMap<acc_t> map{w.data_ptr<acc_t>(), gamma.data_ptr<acc_t>(), beta.data_ptr<acc_t>(),
+                             running_mean.data_ptr<acc_t>(), running_var.data_ptr<acc_t>(), nullptr, w.size(1),
+                             channels, static_cast<acc_t>(eps)};
+    for (int64_t c = 0; c < channels; ++c) map.stats(c, mean.data_ptr<acc_t>(), invstd.data_ptr<acc_t>());
+    std::vector<acc_t> scale, shift;
+    eval_maps(map, batch, scale, shift);
+    per_channel_map(dense_x.data_ptr<scalar_t>(), static_cast<const scalar_t*>(nullptr), scale.data(),
+                    static_cast<const acc_t*>(nullptr), shift.data(), y.data_ptr<scalar_t>(), batch, channels, pixels,
+                    channels_last(x));
+  });
+  return y;
+}
+
+std::tuple<Tensor, Tensor, Tensor> bn_eval_grad(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                                const Tensor& gamma, const Tensor& invstd, bool need_x) {
+  RECORD_FUNCTION("awnet::cpu::bn_eval_grad", std::vector<c10::IValue>());
+  const auto format = x.suggest_memory_format();
+  const auto dense_dy = dy.contiguous(format), dense_x = x.contiguous(format);
+  const auto batch = x.size(0), channels = x.size(1), pixels = x.size(2) * x.size(3);
+  const auto options = w.options().memory_format(at::MemoryFormat::Contiguous);
+  auto dy_sum = at::empty({batch, channels}, options), dy_x_sum = at::empty({batch, channels}, options);
+  auto dx = need_x ? at::empty_like(dense_x) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "awnet_bn_eval_grad_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const EvalMap<acc_t> map{w.data_ptr<acc_t>(), gamma.data_ptr<acc_t>(), nullptr, nullptr, nullptr,
+                             invstd.data_ptr<acc_t>(), w.size(1), channels, acc_t(0)};
+    std::vector<acc_t> scale, unused;
+    eval_maps(map, batch, scale, unused);
+    eval_grad_pass(dense_dy.data_ptr<scalar_t>(), dense_x.data_ptr<scalar_t>(), scale.data(),
+                   need_x ? dx.data_ptr<scalar_t>() : nullptr, dy_sum.data_ptr<acc_t>(), dy_x_sum.data_ptr<acc_t>(),
+                   batch, channels, pixels, channels_last(x));
+  });
+  return {dx, dy_sum, dy_x_sum};
 }
 
 }  // namespace awnet::cpu

@@ -1,6 +1,7 @@
 // CUDA passes of MixBN (awnet.h states them): the finalize steps of mix_batch_norm_finalize.h, a thread
 // per channel, and the backward's passes, each one read of the (B, C, H, W) tensors where ATen needs two
-// or three: the per-(sample, channel) sums of dy and dy * x, and dx = scale_dy * dy + scale_x * x + shift.
+// or three: the per-(sample, channel) sums of dy and dy * x, and dx = scale_dy * dy + scale_x * x + shift;
+// in eval, one pass each way.
 #include "../awnet.h"
 #include "../mix_batch_norm_finalize.h"
 #include "launch.cuh"
@@ -9,6 +10,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/rsqrt.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/var_mean.h>
 #include <c10/cuda/CUDAException.h>
@@ -60,6 +62,51 @@ __global__ void grad_input_kernel(const scalar_t* dy, const scalar_t* x, const a
     const int64_t bc = channels_last ? i / (pixels * channels) * channels + i % channels : i / pixels;
     dx[i] = static_cast<scalar_t>(scale_dy[bc] * static_cast<acc_t>(dy[i]) + scale_x[bc] * static_cast<acc_t>(x[i]) +
                                   shift[bc]);
+  }
+}
+
+// Eval, one block per (sample, tile of channels) as above: each thread computes its channel's map (K terms,
+// the same loads across a channel's threads) and applies it; the first sample's blocks write the banks' mean
+// and invstd for the backward.
+template <typename scalar_t, typename acc_t>
+__global__ void eval_forward_kernel(const scalar_t* x, EvalMap<acc_t> map, acc_t* mean, acc_t* invstd, scalar_t* y,
+                                    int64_t pixels, bool channels_last, PixelTile tile) {
+  const int64_t channels = map.channels;
+  const int64_t b = tile.sample(channels), c = tile.channel(channels);
+  if (c >= channels) return;
+  acc_t scale, shift;
+  map(b, c, scale, shift);
+  if (b == 0 && tile.pixel_lane() == 0) map.stats(c, mean, invstd);
+  for (int64_t p = tile.pixel_lane(); p < pixels; p += tile.pixel_lanes()) {
+    const int64_t i = offset(b, c, p, channels, pixels, channels_last);
+    y[i] = static_cast<scalar_t>(scale * static_cast<acc_t>(x[i]) + shift);
+  }
+}
+
+// The eval backward's one pass: the sums of grad_sums_kernel and (dx non-null) dx = scale * dy.
+template <typename scalar_t, typename acc_t>
+__global__ void eval_grad_kernel(const scalar_t* dy, const scalar_t* x, EvalMap<acc_t> map, scalar_t* dx,
+                                 acc_t* dy_sum, acc_t* dy_x_sum, int64_t pixels, bool channels_last, PixelTile tile) {
+  __shared__ acc_t shared[kThreads];
+  const int64_t channels = map.channels;
+  const int64_t b = tile.sample(channels), c = tile.channel(channels);
+  const bool active = c < channels;  // lanes past the last channel still take part in the block sums
+  acc_t scale = 0, unused, sum = 0, dot = 0;
+  if (active) {
+    map(b, c, scale, unused);
+    for (int64_t p = tile.pixel_lane(); p < pixels; p += tile.pixel_lanes()) {
+      const int64_t i = offset(b, c, p, channels, pixels, channels_last);
+      const acc_t g = static_cast<acc_t>(dy[i]);
+      sum += g;
+      dot += g * static_cast<acc_t>(x[i]);
+      if (dx) dx[i] = static_cast<scalar_t>(scale * g);
+    }
+  }
+  sum = sum_pixel_lanes(sum, shared, tile);
+  dot = sum_pixel_lanes(dot, shared, tile);
+  if (active && tile.pixel_lane() == 0) {
+    dy_sum[b * channels + c] = sum;
+    dy_x_sum[b * channels + c] = dot;
   }
 }
 
@@ -165,6 +212,54 @@ Tensor bn_grad_input(const Tensor& dy, const Tensor& x, const Tensor& scale_dy, 
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return dx;
+}
+
+Tensor bn_eval_forward(const Tensor& x, const Tensor& w, const Tensor& gamma, const Tensor& beta,
+                       const Tensor& running_mean, const Tensor& running_var, double eps, Tensor& mean,
+                       Tensor& invstd) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto format = x.suggest_memory_format();
+  const auto dense_x = x.contiguous(format);
+  auto y = at::empty_like(dense_x);
+  const auto batch = x.size(0), channels = x.size(1);
+  if (y.numel() == 0) {  // no block would write the statistics
+    mean.copy_(running_mean);
+    invstd.copy_(at::rsqrt(running_var.add(eps)));
+    return y;
+  }
+  const auto tile = PixelTile::for_layout(format == at::MemoryFormat::ChannelsLast);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "awnet_bn_eval_forward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const EvalMap<acc_t> map{w.data_ptr<acc_t>(), gamma.data_ptr<acc_t>(), beta.data_ptr<acc_t>(),
+                             running_mean.data_ptr<acc_t>(), running_var.data_ptr<acc_t>(), nullptr, w.size(1),
+                             channels, static_cast<acc_t>(eps)};
+    eval_forward_kernel<<<tile.blocks(batch, channels), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        dense_x.data_ptr<scalar_t>(), map, mean.data_ptr<acc_t>(), invstd.data_ptr<acc_t>(), y.data_ptr<scalar_t>(),
+        x.size(2) * x.size(3), format == at::MemoryFormat::ChannelsLast, tile);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return y;
+}
+
+std::tuple<Tensor, Tensor, Tensor> bn_eval_grad(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                                const Tensor& gamma, const Tensor& invstd, bool need_x) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto in = dense(dy, x);
+  const auto batch = x.size(0), channels = x.size(1);
+  auto dy_sum = at::empty({batch, channels}, w.options()), dy_x_sum = at::empty({batch, channels}, w.options());
+  auto dx = need_x ? at::empty_like(in.x) : Tensor();
+  if (dy_sum.numel() == 0) return {dx, dy_sum, dy_x_sum};
+  const auto tile = PixelTile::for_layout(in.channels_last);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "awnet_bn_eval_grad_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const EvalMap<acc_t> map{w.data_ptr<acc_t>(), gamma.data_ptr<acc_t>(), nullptr, nullptr, nullptr,
+                             invstd.data_ptr<acc_t>(), w.size(1), channels, acc_t(0)};
+    eval_grad_kernel<<<tile.blocks(batch, channels), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        in.dy.data_ptr<scalar_t>(), in.x.data_ptr<scalar_t>(), map, need_x ? dx.data_ptr<scalar_t>() : nullptr,
+        dy_sum.data_ptr<acc_t>(), dy_x_sum.data_ptr<acc_t>(), x.size(2) * x.size(3), in.channels_last, tile);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {dx, dy_sum, dy_x_sum};
 }
 
 }  // namespace awnet::cuda
