@@ -1,12 +1,14 @@
 // CPU kernels of the scaled and stacked strategies: mixing the (stacked) bank outputs per sample, and the
 // one pass over dy that the backward needs. Every tensor is dense in the caller's memory format, walked in
-// memory order: NCHW by (sample, filter) planes, channels_last by (sample, pixel) rows.
+// memory order: NCHW by (sample, filter) planes, channels_last by (sample, pixel) rows. Each pass is one
+// profiler event, so kernel counts see it as the one kernel it is on the GPU.
 #include "../awnet.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 
 #include "loops.h"
 
@@ -139,6 +141,7 @@ void grads_channels_last(const scalar_t* dy, const scalar_t* banks, const acc_t*
 
 void mix_banks(const Tensor& banks, const Tensor& a, const Tensor& bias_b, int64_t groups, bool channels_last,
                Tensor& y) {
+  RECORD_FUNCTION("awnet::cpu::mix_banks", std::vector<c10::IValue>());
   const auto d = BankDims::of(a, banks, groups);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, banks.scalar_type(), "awnet_mix_banks_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -154,6 +157,7 @@ void mix_banks(const Tensor& banks, const Tensor& a, const Tensor& bias_b, int64
 
 void bank_grads(const Tensor& dy, const Tensor& banks, const Tensor& a, int64_t groups, bool channels_last,
                 Tensor& dy_banks, Tensor& da, Tensor& dy_sum) {
+  RECORD_FUNCTION("awnet::cpu::bank_grads", std::vector<c10::IValue>());
   const auto d = BankDims::of(a, dy, groups);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "awnet_bank_grads_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
