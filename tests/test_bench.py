@@ -25,6 +25,14 @@ def test_every_benchmark_runs_once():
     assert " passed" in run.stdout and "failed" not in run.stdout
 
 
+def test_interleaved_step_times():
+    run = subprocess.run([sys.executable, "-m", "bench.interleaved_steps", "--models", "smallcnn", "--rounds", "1",
+                          "--json"], cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    times = json.loads(run.stdout.strip().splitlines()[-1])["smallcnn"]
+    assert set(times) == {"static", "awnet-banks1", "awnet-banks2"} and all(ms > 0 for ms in times.values()), times
+
+
 def test_results_file_and_report(tmp_path):
     results = tmp_path / "cpu.json"
     _pytest("--benchmark-only", "--benchmark-min-rounds=1", "--benchmark-max-time=0.001", "--benchmark-warmup=off",
