@@ -43,7 +43,9 @@ from triton.compiler import ASTSource
 from .triton import aw_conv2d, mix_batch_norm
 from .triton.config import CANDIDATES
 
-ELEMENT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+# float32's dots run as TF32 by default (torch's cudnn.allow_tf32) and in IEEE float32 when TF32 is off
+# (awkernels.triton.config.dot_precision): two compilations of every kernel with dots.
+ELEMENT = {"float32": "fp32", "float32-ieee": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 # The most shared memory one block may have (cudaDevAttrMaxSharedMemoryPerBlockOptin, which Triton checks at
 # launch): the SM's 228 KB (sm_90) or 164 KB (sm_80) less the 1 KB the driver reserves per block.
@@ -62,6 +64,10 @@ class KernelSpec:
     variants: tuple[dict, ...]  # code-path constexprs; the first is the default
     configs: tuple[tuple[dict, int, int], ...]  # (tile constexprs, num_warps, num_stages)
     main_loop_dots: bool  # a tl.dot in the main loop, which should run on the tensor cores
+    ieee_configs: tuple[tuple[dict, int, int], ...] = ()  # float32-ieee's own, where the host picks others
+
+    def configs_for(self, dtype: str) -> tuple[tuple[dict, int, int], ...]:
+        return self.ieee_configs if dtype == "float32-ieee" and self.ieee_configs else self.configs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,13 +146,14 @@ KERNELS: dict[str, KernelSpec] = {
         _conv_configs("forward"), main_loop_dots=True),
     "conv.input_grad": KernelSpec(
         aw_conv2d._input_grad_kernel, _same_type("dy_ptr", "w_ptr", "a_ptr", "dx_ptr"), _conv_constants,
-        tuple(dict(BANKS=k) for k in _BANKS), _conv_configs("input_grad"), main_loop_dots=True),
+        tuple(dict(BANKS=k) for k in _BANKS), _conv_configs("input_grad"), main_loop_dots=True,
+        ieee_configs=_conv_configs("input_grad.ieee")),
     "conv.weight_coeff_grad": KernelSpec(
         aw_conv2d._weight_coeff_grad_kernel, _weight_grad_pointers,
         lambda dtype, variant: _conv_constants(dtype, variant, padded_banks=False),
         tuple(dict(BANKS=k, NEED_WEIGHT=w, NEED_COEFF=c) for k in _BANKS
               for w, c in ((True, True), (True, False), (False, True))),
-        _conv_configs("weight_grad"), main_loop_dots=True),
+        _conv_configs("weight_grad"), main_loop_dots=True, ieee_configs=_conv_configs("weight_grad.ieee")),
     "mixbn.plane_sums": KernelSpec(
         mix_batch_norm._plane_sums_kernel,
         _mixbn_pointers(("x_ptr", "dy_ptr"), ("mean_ptr", "m2_ptr", "dy_sum_ptr", "dy_x_sum_ptr")),
@@ -172,7 +179,8 @@ def jobs(archs=(90,), every_variant=False, banks=_BANKS, kernels="awkernels.insp
     return [Job(kernels, name, dtype, tuple(variant.items()), tuple(tiles.items()), warps, stages, arch)
             for arch in archs for name, spec in registry(kernels).items()
             for variant in (spec.variants if every_variant else spec.variants[:1]) if variant.get("BANKS", 1) in banks
-            for dtype in ELEMENT for tiles, warps, stages in spec.configs]
+            for dtype in ELEMENT if spec.main_loop_dots or dtype != "float32-ieee"
+            for tiles, warps, stages in spec.configs_for(dtype)]
 
 
 def _ptxas_number(pattern: str, log: str) -> int:

@@ -41,12 +41,16 @@ def compiled():
     return results, time.perf_counter() - start
 
 
+IEEE_FLOAT32 = "IEEE float32 dots (TF32 off) run on the FMA units: no tensor-core instruction takes float32 whole"
+
+
 def wgmma_mismatches(results):
     """Main-loop dots on sm_90 whose lowering (wgmma or not) is not the one NO_WGMMA expects."""
     found = []
     for r in results:
         if r.error is None and r.job.arch == 90 and inspect.registry(r.job.registry)[r.job.kernel].main_loop_dots:
-            reason = NO_WGMMA.get((r.job.kernel, dict(r.job.tiles)["BLOCK_M"]))
+            reason = (IEEE_FLOAT32 if r.job.dtype == "float32-ieee"
+                      else NO_WGMMA.get((r.job.kernel, dict(r.job.tiles)["BLOCK_M"])))
             if r.wgmma == (reason is not None):
                 found.append(f"{r.job.describe()}: " + (f"uses wgmma, but NO_WGMMA says {reason!r}" if r.wgmma
                                                          else "does not use wgmma, and NO_WGMMA gives no reason"))
@@ -65,12 +69,18 @@ def test_every_kernel_is_in_the_matrix():
                if hasattr(getattr(module, name), "arg_names")}
     assert kernels == {spec.fn.fn for spec in inspect.KERNELS.values()}
     jobs = inspect.jobs(ARCHS, every_variant=True, banks=BANKS)
-    for name, kind in (("conv.forward", "forward"), ("conv.input_grad", "input_grad"),
-                       ("conv.weight_coeff_grad", "weight_grad")):
+    # float32-ieee: float32 with TF32 off, the dots the host launches when torch.backends.cudnn.allow_tf32 is
+    # False; the gradient kernels have their own configurations there.
+    matrix = [("conv.forward", "forward", ("float32", "float32-ieee", "float16", "bfloat16")),
+              ("conv.input_grad", "input_grad", ("float32", "float16", "bfloat16")),
+              ("conv.input_grad", "input_grad.ieee", ("float32-ieee",)),
+              ("conv.weight_coeff_grad", "weight_grad", ("float32", "float16", "bfloat16")),
+              ("conv.weight_coeff_grad", "weight_grad.ieee", ("float32-ieee",))]
+    for name, kind, dtypes in matrix:
         for cfg in CANDIDATES[kind]:
             tiles = (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("BLOCK_K", cfg.block_k))
             for arch in ARCHS:
-                for dtype in ("float32", "float16", "bfloat16"):
+                for dtype in dtypes:
                     assert any(j.kernel == name and j.tiles == tiles and j.num_warps == cfg.num_warps
                                and j.num_stages == cfg.num_stages and j.arch == arch and j.dtype == dtype
                                for j in jobs), (name, cfg, arch, dtype)

@@ -15,7 +15,7 @@ if "triton" in awkernels.available_backends():
     from awkernels.triton import aw_conv2d as kernels
     from awkernels.triton.config import CANDIDATES
 else:
-    CANDIDATES = {"forward": [], "input_grad": [], "weight_grad": []}
+    CANDIDATES = {"forward": [], "input_grad": [], "weight_grad": [], "input_grad.ieee": [], "weight_grad.ieee": []}
 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 # (B, C_in, C_out, H, W, K, kernel, stride, padding, dilation, filter-level): K = 1 takes the epilogue-scale
@@ -59,7 +59,7 @@ def test_forward_config(config, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("config", CANDIDATES["input_grad"], ids=str)
+@pytest.mark.parametrize("config", CANDIDATES["input_grad"] + CANDIDATES["input_grad.ieee"], ids=str)
 def test_input_grad_config(config, dtype):
     for shape in SHAPES:
         (x, weight, coeff, _, grad_y), geometry, _, expected = _case(shape, dtype)
@@ -68,7 +68,7 @@ def test_input_grad_config(config, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("config", CANDIDATES["weight_grad"], ids=str)
+@pytest.mark.parametrize("config", CANDIDATES["weight_grad"] + CANDIDATES["weight_grad.ieee"], ids=str)
 def test_weight_coeff_grad_config(config, dtype):
     for shape in SHAPES:
         (x, weight, coeff, bias, grad_y), geometry, _, expected = _case(shape, dtype)

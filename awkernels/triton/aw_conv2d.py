@@ -22,7 +22,7 @@ import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
 from .. import _contract
-from .config import Config, acc_dtype, acc_torch_dtype, dot_precision, pick, upcast_dots
+from .config import Config, acc_dtype, acc_torch_dtype, dot_precision, pick, upcast_dots, candidates_for
 
 
 @triton.jit
@@ -242,7 +242,7 @@ def input_grad(grad_y, x, weight, coeff, stride, padding, dilation, config: Conf
     weight = weight.contiguous()
     if config is None:
         key = _shape_key(x, weight, coeff, (*stride, *padding, *dilation))
-        config = pick("input_grad", key,
+        config = pick(candidates_for("input_grad", x), key,
                       lambda cfg: input_grad(grad_y, x, weight, coeff, stride, padding, dilation, cfg))
     grid = (batch * triton.cdiv(h * w, config.block_n), triton.cdiv(c_in, config.block_m))
     _input_grad_kernel[grid](
@@ -262,7 +262,7 @@ def weight_coeff_grad(grad_y, x, weight, coeff, stride, padding, dilation, need_
     weight = weight.contiguous()
     if config is None:
         key = _shape_key(x, weight, coeff, (*stride, *padding, *dilation, need_weight, need_coeff))
-        config = pick("weight_grad", key, lambda cfg: weight_coeff_grad(
+        config = pick(candidates_for("weight_grad", x), key, lambda cfg: weight_coeff_grad(
             grad_y, x, weight, coeff, stride, padding, dilation, need_weight, need_coeff, cfg))
     acc = acc_torch_dtype(x.dtype)
     r_tiles, o_tiles = triton.cdiv(reduction, config.block_n), triton.cdiv(c_out, config.block_m)

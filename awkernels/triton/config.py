@@ -48,6 +48,16 @@ CANDIDATES: dict[str, list[Config]] = {
         Config(64, 64, 16, num_warps=8, num_stages=2, samples_per_program=16),
         Config(64, 64, 16, num_warps=8, num_stages=2, samples_per_program=4),
     ],
+    # float32 with TF32 off: IEEE dots run on the FMA units and hold their operands in registers, where some
+    # tiles above spill (the weight gradient's on sm_90 and sm_80, the narrow input-gradient tile on sm_90 under
+    # triton 3.6); no pipelining, or a narrower tile, keeps them in (BLOCK_K stays >= 16: tl.dot's minimum).
+    "input_grad.ieee": [
+        Config(64, 64, 32, num_warps=8), Config(32, 64, 16, num_warps=8, num_stages=1),
+    ],
+    "weight_grad.ieee": [
+        Config(64, 64, 16, num_warps=8, num_stages=1, samples_per_program=16),
+        Config(64, 32, 16, num_warps=8, num_stages=2, samples_per_program=4),
+    ],
 }
 
 _chosen: dict[tuple, Config] = {}
@@ -77,6 +87,12 @@ def dot_precision(x: torch.Tensor) -> str:
     if x.dtype == torch.float32 and x.is_cuda and torch.backends.cudnn.allow_tf32:
         return "tf32"
     return "ieee"
+
+
+def candidates_for(kind: str, x: torch.Tensor) -> str:
+    """The candidate list of kernel `kind` for x: `<kind>.ieee` for IEEE float32 dots where there is one."""
+    ieee = f"{kind}.ieee"
+    return ieee if ieee in CANDIDATES and x.dtype == torch.float32 and dot_precision(x) == "ieee" else kind
 
 
 def upcast_dots(x: torch.Tensor) -> bool:
