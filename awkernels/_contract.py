@@ -2,7 +2,7 @@
 implementation, and the autograd of the Python-registered implementations.
 
 Every backend implements these schemas. The C++ extension registers only kernels for them (csrc/:
-`TORCHLIBRARY_IMPL` for CPU, CUDA and, in C++ so that its hot path has no Python, Autograd); the Triton
+`TORCH_LIBRARY_IMPL` for CPU, CUDA and, in C++ so that its hot path has no Python, Autograd); the Triton
 backend registers its kernels under the same argument lists with a `_triton` suffix, and the autograd below.
 The public functions `awkernels.aw_conv2d` and `awkernels.mix_batch_norm` take the same arguments
 (tests/test_contract.py holds every one of them to the schemas). The schemas live here, not in C++, because
