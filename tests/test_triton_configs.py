@@ -77,3 +77,46 @@ def test_weight_coeff_grad_config(config, dtype):
         # da is the convolution part of dcoeff; the bias part is added on the host.
         da = da + bias.to(da.dtype)[None] * grad_y.sum((2, 3), dtype=da.dtype)[:, None]
         assert_close(da if coeff.dim() == 3 else da.sum(2), expected["coeff"], TOLERANCE[dtype], "dcoeff")
+
+
+# Shapes larger than every tile: the parity shapes above fit in one tile of every configuration, so the paths
+# that join tiles (several filter, pixel and reduction tiles, the weight gradient's batch split) need their own.
+def covering_shape(kind: str, config) -> tuple:
+    """(B, C_in, C_out, H): at least two tiles of `config` in every dimension kernel `kind` tiles (3x3 kernel,
+    stride 1, padding 1, so input and output pixels are H * H), and for the weight gradient a batch longer than
+    one program's share."""
+    def over(tiles: int, per: int = 1) -> int:  # the least n with n * per spanning two tiles and a remainder
+        return -(-(2 * tiles + 1) // per)
+
+    side = lambda pixels: int(pixels ** 0.5) + 1  # noqa: E731  (H with H * H >= pixels)
+    if kind == "forward":  # M = C_out, N = output pixels, reduction C_in * 9
+        return 2, over(config.block_k, 9), over(config.block_m), side(over(config.block_n))
+    if kind == "input_grad":  # M = C_in, N = input pixels, reduction C_out * 9
+        return 2, over(config.block_m), over(config.block_k, 9), side(over(config.block_n))
+    # M = C_out, N = C_in * 9, reduction over each sample's pixels
+    return (config.samples_per_program + 1, over(config.block_n, 9), over(config.block_m),
+            side(over(config.block_k)))
+
+
+COVERED = [(kind, cfg) for kind in ("forward", "input_grad", "input_grad.ieee", "weight_grad", "weight_grad.ieee")
+           for cfg in CANDIDATES[kind]]
+
+
+@pytest.mark.parametrize("kind,config", COVERED, ids=[f"{k}-{c.block_m}x{c.block_n}x{c.block_k}-s{c.num_stages}-"
+                                                      f"p{c.samples_per_program}" for k, c in COVERED])
+def test_every_configuration_on_a_shape_larger_than_its_tiles(kind, config):
+    batch, c_in, c_out, side = covering_shape(kind.removesuffix(".ieee"), config)
+    shape = (batch, c_in, c_out, side, side, 2, 3, (1, 1), (1, 1), (1, 1), True)
+    (x, weight, coeff, bias, grad_y), geometry, y, expected = _case(shape, torch.float32)
+    if kind == "forward":
+        assert_close(kernels.forward(x, weight, coeff, bias, *geometry, config=config), y, TOLERANCE[torch.float32],
+                     "y")
+    elif kind.startswith("input_grad"):
+        dx = kernels.input_grad(grad_y, x, weight, coeff, *geometry, config=config)
+        assert_close(dx, expected["x"], TOLERANCE[torch.float32], "dx")
+    else:
+        assert config.batch_splits(batch) == 2
+        dweight, da = kernels.weight_coeff_grad(grad_y, x, weight, coeff, *geometry, True, True, config=config)
+        assert_close(dweight, expected["weight"], TOLERANCE[torch.float32], "dweight")
+        da = da + bias.to(da.dtype)[None] * grad_y.sum((2, 3), dtype=da.dtype)[:, None]
+        assert_close(da, expected["coeff"], TOLERANCE[torch.float32], "dcoeff")
