@@ -110,10 +110,12 @@ using BnGradInput = Tensor(const Tensor& dy, const Tensor& x, const Tensor& scal
 using BnEvalForward = Tensor(const Tensor& x, const Tensor& w, const Tensor& gamma, const Tensor& beta,
                              const Tensor& running_mean, const Tensor& running_var, double eps, Tensor& mean,
                              Tensor& invstd);
-// Backward, one pass over dy and x: dx = scale * dy (undefined unless need_x), and (sum_p dy, sum_p dy * x)
-// for the parameter and coefficient gradients.
+// Backward, one pass over dy and x: dx = scale * dy (undefined unless need_x), (sum_p dy, sum_p dy * x) for
+// the parameter gradients, and, when dcoeff (B, K) is defined, the coefficient gradient into it (the attack's
+// backward: no finalize). mean and invstd are the ones the forward saved.
 using BnEvalGrad = std::tuple<Tensor, Tensor, Tensor>(const Tensor& dy, const Tensor& x, const Tensor& w,
-                                                      const Tensor& gamma, const Tensor& invstd, bool need_x);
+                                                      const Tensor& gamma, const Tensor& beta, const Tensor& mean,
+                                                      const Tensor& invstd, bool need_x, Tensor& dcoeff);
 
 struct DeviceKernels {
   MixBanks* mix_banks;

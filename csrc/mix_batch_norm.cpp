@@ -6,7 +6,7 @@
 // pass), a finalize kernel (parameter and coefficient gradients, dx's map dx = A dy + C1 x + C0), the dx
 // pass. The forward returns the per-sample moments so the backward never reads x for them again. In eval
 // (the attack's steps) the map needs no batch statistic: one pass forward, and backward one pass for dx and
-// the sums plus the finalize.
+// dcoeff (the finalize only for the parameter gradients).
 #include "awnet.h"
 
 #include <ATen/ATen.h>
@@ -101,18 +101,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> mix_batch_norm_backward(
   const auto& kernels = kernels_for(x);
   auto empty = x.new_empty({0});
   if (!training) {
-    // Eval: dx = scale * dy needs no sum, so it comes from the pass that takes them; the finalize runs only
-    // for the parameter and coefficient gradients.
-    auto [dx, dy_sum, dy_x_sum] = kernels.bn_eval_grad(grad_y, x, w, gamma, dense_acc(invstd, acc), need_x);
-    if (!(need_coeff || need_weight || need_bias)) return {need_x ? dx : empty, empty, empty, empty};
-    auto dgamma = at::empty(weight.sizes(), w.options()), dbeta = at::empty_like(dgamma);
+    // Eval: dx = scale * dy needs no sum, so it comes from the pass that takes them, and so does dcoeff when
+    // no parameter gradient is asked (an attack): one pass. The finalize runs for the parameter gradients,
+    // and for dcoeff on CUDA in deterministic mode (the pass adds into it with atomics there).
+    const bool params = need_weight || need_bias;
+    const bool fused_coeff = need_coeff && !params && (x.is_cpu() || !at::globalContext().deterministicAlgorithms());
     auto dcoeff = need_coeff ? at::empty(coeff.sizes(), w.options()) : Tensor();
-    auto unused = at::empty_like(dy_sum), unused_x = at::empty_like(dy_sum), unused_shift = at::empty_like(dy_sum);
-    kernels.bn_finalize_backward(w, dy_sum, dy_x_sum, dense_acc(mean, acc), dense_acc(invstd, acc), gamma, beta,
-                                 Tensor(), Tensor(), false, eps, x.size(2) * x.size(3), dgamma, dbeta, dcoeff, unused,
-                                 unused_x, unused_shift);
-    return {need_x ? dx : empty, need_coeff ? dcoeff.to(coeff.scalar_type()) : empty,
-            need_weight ? dgamma.to(weight.scalar_type()) : empty, need_bias ? dbeta.to(bias.scalar_type()) : empty};
+    auto pass_dcoeff = fused_coeff ? dcoeff : Tensor();
+    const auto saved_mean = dense_acc(mean, acc), saved_invstd = dense_acc(invstd, acc);
+    auto [dx, dy_sum, dy_x_sum] =
+        kernels.bn_eval_grad(grad_y, x, w, gamma, beta, saved_mean, saved_invstd, need_x, pass_dcoeff);
+    if (params || (need_coeff && !fused_coeff)) {
+      auto dgamma = at::empty(weight.sizes(), w.options()), dbeta = at::empty_like(dgamma);
+      auto unused = at::empty_like(dy_sum), unused_x = at::empty_like(dy_sum), unused_shift = at::empty_like(dy_sum);
+      kernels.bn_finalize_backward(w, dy_sum, dy_x_sum, saved_mean, saved_invstd, gamma, beta, Tensor(), Tensor(),
+                                   false, eps, x.size(2) * x.size(3), dgamma, dbeta, dcoeff, unused, unused_x,
+                                   unused_shift);
+      return {need_x ? dx : empty, need_coeff ? dcoeff.to(coeff.scalar_type()) : empty,
+              need_weight ? dgamma.to(weight.scalar_type()) : empty, need_bias ? dbeta.to(bias.scalar_type()) : empty};
+    }
+    return {need_x ? dx : empty, need_coeff ? dcoeff.to(coeff.scalar_type()) : empty, empty, empty};
   }
   // Pass 1: sum_p dy and sum_p dy * x per (sample, channel).
   const auto [dy_sum, dy_x_sum] = kernels.bn_grad_sums(grad_y, x);

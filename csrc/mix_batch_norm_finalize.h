@@ -20,6 +20,14 @@ C10_HOST_DEVICE inline acc_t inverse_sqrt(acc_t v) {
 #endif
 }
 
+// Channel c's share of dcoeff[b, k] through bank k's affine map, from the sums over the pixels of dy and
+// dy * x: gamma_k sum_p dy xhat_k + beta_k sum_p dy, with sum_p dy xhat_k = invstd_k (sum_p dy x - mu_k sum_p dy).
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t coeff_grad_share(acc_t invstd, acc_t gamma, acc_t beta, acc_t mean, acc_t dy_sum,
+                                              acc_t dy_x_sum) {
+  return invstd * gamma * (dy_x_sum - mean * dy_sum) + beta * dy_sum;
+}
+
 // Forward. In training, bank k's statistics are the w[:, k]-weighted moments of the samples (parallel-axis
 // rule: no pass over x subtracts two large sums); a bank with zero weight uses its running statistics. Then
 // the per-(sample, channel) affine map y = scale * x + shift that the output pass applies.
@@ -72,10 +80,11 @@ struct FinalizeForward {
 
 // Eval: every bank normalises with its running statistics, so the map of (sample b, channel c) needs only the
 // K banks' values at c, and a pass computes it where it applies it. The forward reads the running variance
-// (and writes bank k's mean and invstd for the backward with `stats`), the backward the invstd it saved.
+// (and writes bank k's mean and invstd for the backward with `stats`), the backward the invstd it saved, and
+// with the sums of its pass, each channel's share of dcoeff: an attack's MixBN backward is that one pass.
 template <typename acc_t>
 struct EvalMap {
-  const acc_t *w, *gamma, *beta, *mean;  // (B, K), (K, C) x 3; beta null in the backward (no shift)
+  const acc_t *w, *gamma, *beta, *mean;  // (B, K), (K, C) x 3
   const acc_t *running_var, *saved_invstd;  // (K, C): one of them
   int64_t banks, channels;
   acc_t eps;
@@ -96,8 +105,12 @@ struct EvalMap {
       const int64_t kc = k * channels + c;
       const acc_t bank_scale = gamma[kc] * invstd(kc);
       scale += w[b * banks + k] * bank_scale;
-      if (beta) shift += w[b * banks + k] * (beta[kc] - mean[kc] * bank_scale);
+      shift += w[b * banks + k] * (beta[kc] - mean[kc] * bank_scale);
     }
+  }
+  C10_HOST_DEVICE acc_t coeff_grad(int64_t k, int64_t c, acc_t dy_sum, acc_t dy_x_sum) const {
+    const int64_t kc = k * channels + c;
+    return coeff_grad_share(invstd(kc), gamma[kc], beta[kc], mean[kc], dy_sum, dy_x_sum);
   }
 };
 
@@ -141,7 +154,7 @@ struct FinalizeBackward {
         scale_x[bc] -= wk * per_count * invstd[kc] * invstd[kc] * gamma[kc] * g;
         shift[bc] -= wk * per_count * invstd[kc] * gamma[kc] * (bsum - mean[kc] * invstd[kc] * g);
         if (dcoeff_c) {
-          acc_t d = invstd[kc] * gamma[kc] * (dy_x_sum[bc] - mean[kc] * dy_sum[bc]) + beta[kc] * dy_sum[bc];
+          acc_t d = coeff_grad_share(invstd[kc], gamma[kc], beta[kc], mean[kc], dy_sum[bc], dy_x_sum[bc]);
           if (batch_stats) {
             const acc_t shift_b = sample_mean[bc] - mean[kc];
             d += per_count * pixels * (dmean * shift_b + dvar * (sample_var[bc] + shift_b * shift_b - var));

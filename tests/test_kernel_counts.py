@@ -55,6 +55,21 @@ def test_mix_batch_norm_three_kernels_per_direction(training, layout):
     assert len(backward) <= 3, backward
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_mix_batch_norm_in_an_attack_step_is_one_kernel_each_way(layout):
+    """Eval with gradients for x and the coefficients only (every attack step): one pass each way."""
+    x, coeff, (weight, bias), (mean, var) = mixbn_inputs(layout)
+    weight.requires_grad_(False), bias.requires_grad_(False)
+    with awkernels.use_backend("cpp"):
+        out = []
+        forward = kernels(lambda: out.append(
+            awkernels.mix_batch_norm(x, coeff, weight, bias, mean, var, False, 0.1, 1e-5)))
+        grad = torch.randn_like(out[0])
+        backward = kernels(lambda: torch.autograd.grad(out[0], (x, coeff), grad))
+    assert forward == ["awnet::cpu::bn_eval_forward"], forward
+    assert backward == ["awnet::cpu::bn_eval_grad"], backward
+
+
 def test_budget_counts_work():
     """The counter sees ATen work: the reference MixBN (dozens of small ops) is far over the budget."""
     x, coeff, (weight, bias), (mean, var) = mixbn_inputs("contiguous")

@@ -31,6 +31,7 @@ class BNCase:
     layout: str = "contiguous"  # of x (and of coeff when noncontiguous)
     momentum: float = 0.1
     params: torch.dtype | None = None  # of weight, bias and running stats; None: float64 for float64 x, else float32
+    wrt: tuple[str, ...] = ("x", "coeff") + PARAMS  # the inputs that require grad (an attack's: x and coeff)
 
     @property
     def param_dtype(self) -> torch.dtype:
@@ -87,6 +88,14 @@ CASES = [
     BNCase("eval-K3-hard-large-channels_last", False, coeff="hard", banks=3, batch=8, channels=40, size=(24, 24),
            layout="channels_last"),
     BNCase("eval-K2-soft-5000-channels", False, batch=4, channels=5000, size=(2, 2)),
+    # An attack's backward (no parameter gradient): dx and dcoeff from the eval pass alone, no finalize.
+    BNCase("attack-K2-soft", False, wrt=("x", "coeff")),
+    BNCase("attack-K1-hard-batch1", False, banks=1, coeff="hard", batch=1, wrt=("x", "coeff")),
+    BNCase("attack-K3-soft-noncontiguous-f64", False, banks=3, layout="noncontiguous", dtype=F64, wrt=("x", "coeff")),
+    BNCase("attack-K3-hard-large-channels_last", False, coeff="hard", banks=3, batch=8, channels=40, size=(24, 24),
+           layout="channels_last", wrt=("x", "coeff")),
+    BNCase("attack-K2-soft-5000-channels", False, batch=4, channels=5000, size=(2, 2), wrt=("x", "coeff")),
+    BNCase("attack-K2-soft-coeff-only", False, wrt=("coeff",)),
 ]
 
 
@@ -97,7 +106,7 @@ def test_parity_output_gradients_and_running_stats(backend, case):
                     "the triton kernels' tiles are exceeded by the other large cases")
     torch.manual_seed(0)
     exact = case.inputs()
-    wrt = ("x", "coeff") + PARAMS
+    wrt = case.wrt
     tested = {}
     for name, t in exact.items():
         dtype = case.dtype if name in ("x", "coeff") else case.param_dtype

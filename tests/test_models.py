@@ -198,6 +198,48 @@ def test_unforced_route_mixes_by_p_type():
     assert (halfway - sure_clean).abs().max() > 1e-3 and (halfway - sure_adversarial).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("route", [None, 1, "soft"])
+@pytest.mark.parametrize("banks,omega", [(1, True), (2, True), (2, False)])
+def test_signals_give_every_layer_its_block_mix_and_omega(banks, omega, route):
+    """What each layer reads, and the gradients through it, are those of the plain formulas: MixBN j gets its
+    block's mix; AW convolution i gets omega_i (one bank), mix x omega_i (two banks) or the mix (no omega)."""
+    _, aw = static_and_aw("resnet18", banks, omega)
+    perturb_signal_heads(aw) if omega else None
+    x = images("resnet18", batch=3)
+    if route == "soft":
+        route = torch.rand(3, 2)
+    aw(x, route=route)
+    signals, out = aw.signals, aw.signals.router
+    convs = [m for m in aw.body.modules() if isinstance(m, AWConv2d)]
+    norms = [m for m in aw.body.modules() if isinstance(m, MixBatchNorm2d)]
+    mix = out.p_type if route is None else awnet.nn.signals.route_mix(route, x).unsqueeze(1).expand_as(out.p_type)
+    omegas = out.signal.split(signals.conv_channels, 1) if omega else [None] * len(convs)
+    expected = {}
+    for norm in norms:
+        expected[f"norm {norm.norm_index}"] = (signals.norm_mix(norm.norm_index), mix[:, norm.block_index])
+    for conv, omega_i in zip(convs, omegas):
+        block_mix = mix[:, conv.block_index]
+        plain = (omega_i.unsqueeze(1) if banks == 1 else block_mix.unsqueeze(2) * omega_i.unsqueeze(1)
+                 if omega else block_mix)
+        expected[f"conv {conv.conv_index}"] = (signals.conv_coeff(conv.conv_index), plain)
+    for name, (got, want) in expected.items():
+        assert got.shape == want.shape and got.is_contiguous(), name
+        assert torch.equal(got, want), name
+    # The gradients that reach the router's outputs through the gathers equal those through the formulas.
+    if route is not None and not omega:  # nothing the layers read depends on the router
+        return
+    sources = [t for t in (out.signal, out.type_logits) if t is not None]
+    weights = {name: torch.randn_like(want) for name, (_, want) in expected.items()}
+    got = torch.autograd.grad(sum((g * weights[n]).sum() for n, (g, _) in expected.items()), sources,
+                              retain_graph=True, allow_unused=True)
+    want = torch.autograd.grad(sum((w * weights[n]).sum() for n, (_, w) in expected.items()), sources,
+                               allow_unused=True)
+    for g, w in zip(got, want):
+        assert (g is None) == (w is None)
+        if g is not None:
+            assert_close(g, w, 1e-5, "router output gradient")
+
+
 def test_bad_routes_are_refused():
     _, aw = static_and_aw("smallcnn")
     x = images("smallcnn")

@@ -8,8 +8,9 @@ a plain object, not a Module, so torch.compile traces its mutation without a gra
 
 What the layers read is made once per forward for all of them (DESIGN.md section 3: a step's cost is its
 number of kernels), already in the dtype the layers compute in: every AW convolution's coefficient is a
-contiguous chunk of one buffer gathered from the router's concatenated output in one operation, and every
-MixBN's mix a contiguous (B, 2) row of one gathered tensor.
+contiguous chunk of one buffer gathered from the router's concatenated output in one operation (with two
+banks, times the block's mix gathered into the same chunks), and every MixBN's mix a contiguous (B, 2) row
+of one gathered tensor.
 """
 from __future__ import annotations
 
@@ -66,18 +67,21 @@ class Signals:
         else:
             mix = route_mix(route, x).to(dtype).unsqueeze(1)  # (B, 1, 2): every block alike
         every_block = mix.expand(-1, router.p_type.shape[1], -1)
-        self.mixes = self._per_layer(every_block, self.norm_blocks, "norms")
+        batch = x.shape[0]
         if router.signal is None:  # layer-level: the block's mix blends the banks; one bank is the static conv
             if self.banks > 1:
-                self.coeffs = self._per_layer(every_block, self.conv_blocks, "convs")
+                self.mixes, self.coeffs = self._per_layer(every_block, convs="rows")
             else:
-                self.coeffs = [x.new_ones(x.shape[0], 1, dtype=dtype)] * len(self.conv_blocks)
+                self.mixes = self._per_layer(every_block)[0]
+                self.coeffs = [x.new_ones(batch, 1, dtype=dtype)] * len(self.conv_blocks)
             return
-        coeff = router.signal.to(dtype).unsqueeze(1)  # (B, 1, sum of C_out)
-        if self.banks > 1:  # a[b, k, o] = mix[b, k] * omega[b, o], every convolution at once
-            per_channel = mix if route is not None else mix.index_select(1, self._channel_blocks(x.device))
-            coeff = per_channel.transpose(1, 2) * coeff
-        self.coeffs = self._by_convolution(coeff)
+        omega = router.signal.to(dtype).take(self._omega_layout(batch, x.device))  # every conv's chunk
+        if self.banks == 1:
+            self.mixes = self._per_layer(every_block)[0]
+        else:  # a[b, k, o] = mix[b, block of o, k] * omega[b, o], gathered into the same chunks: one product
+            self.mixes, mixes = self._per_layer(every_block, convs="channels")
+            omega = mixes * omega
+        self.coeffs = self._by_convolution(omega, batch)
 
     def conv_coeff(self, conv_index: int) -> torch.Tensor:
         if self.mixes is None:
@@ -100,40 +104,47 @@ class Signals:
             self._layouts[key] = build()
         return self._layouts[key]
 
-    def _per_layer(self, mix: torch.Tensor, layer_blocks: tuple[int, ...], kind: str) -> list[torch.Tensor]:
-        """(B, blocks, 2) -> per layer its block's (B, 2) mix, a contiguous row of one gathered tensor."""
+    def _per_layer(self, mix: torch.Tensor, convs: str | None = None) -> tuple[list[torch.Tensor], object]:
+        """(B, blocks, 2) -> per MixBN its block's (B, 2) mix; and with convs="rows" per AW convolution its
+        block's (B, 2) mix, with convs="channels" the flat (B, 2, C_out) chunks of every convolution (see
+        `_by_convolution`). One gather for all of them: each gather of `mix` costs a kernel each way, and one
+        more to add their gradients."""
         batch, blocks, types = mix.shape
         device = mix.device
+        layers = self.norm_blocks + (self.conv_blocks if convs else ())
 
-        def build() -> torch.Tensor:  # row l holds mix[:, layer_blocks[l], :]
-            block = torch.tensor(layer_blocks, device=device).view(-1, 1, 1)
-            sample = torch.arange(batch, device=device).view(1, -1, 1)
-            return ((sample * blocks + block) * types + torch.arange(types, device=device)).flatten()
+        def build() -> torch.Tensor:  # the flat indices into mix of every MixBN's rows, then every conv's
+            sample = torch.arange(batch, device=device).view(-1, 1, 1)
+            kind = torch.arange(types, device=device).view(1, -1, 1)
+            rows = [(sample * blocks + block) * types + kind for block in layers]
+            if convs == "channels":  # chunk (B, 2, C_out) of each convolution, row-major
+                norms = len(self.norm_blocks)
+                rows[norms:] = [row.expand(-1, -1, channels) for row, channels in zip(rows[norms:], self.conv_channels)]
+            return torch.cat([row.flatten() for row in rows])
 
-        rows = mix.take(self._layout((kind, batch, device), build))
-        return list(rows.view(len(layer_blocks), batch, types).unbind(0))
+        gathered = mix.take(self._layout(("mix", batch, convs, device), build))
+        if convs == "channels":
+            norms = len(self.norm_blocks) * batch * types
+            gathered, chunks = gathered.split([norms, gathered.numel() - norms])
+            return list(gathered.view(-1, batch, types).unbind(0)), chunks
+        rows = list(gathered.view(len(layers), batch, types).unbind(0))
+        return rows[:len(self.norm_blocks)], rows[len(self.norm_blocks):]
 
-    def _channel_blocks(self, device: torch.device) -> torch.Tensor:
-        """The block of every output channel of every AW convolution, concatenated."""
+    def _omega_layout(self, batch: int, device: torch.device) -> torch.Tensor:
+        """The flat indices into omega (B, sum of C_out) of every convolution's chunk (B, K, C_out), row-major
+        (each omega repeated over the K banks)."""
         def build() -> torch.Tensor:
-            return torch.tensor([block for block, channels in zip(self.conv_blocks, self.conv_channels)
-                                 for _ in range(channels)], device=device)
-        return self._layout(("channels", device), build)
+            total = sum(self.conv_channels)
+            rows = torch.arange(batch, device=device).view(-1, 1, 1) * total
+            return torch.cat([(rows + torch.arange(start, start + channels, device=device)).expand(
+                -1, self.banks, -1).flatten() for start, channels in zip(self.conv_starts, self.conv_channels)])
+        return self._layout(("omega", batch, self.banks, device), build)
 
-    def _by_convolution(self, coeff: torch.Tensor) -> list[torch.Tensor]:
-        """(B, K, sum of C_out) -> per convolution a contiguous (B, K, C_out) chunk of one buffer (the ops
-        read their coefficient contiguous: slices of `coeff` would each cost a copy)."""
-        batch, banks, total = coeff.shape
-        device = coeff.device
-
-        def build() -> torch.Tensor:  # chunk i holds coeff[:, :, start_i:start_i + C_i], row-major
-            rows = torch.arange(batch * banks, device=device).view(batch, banks, 1) * total
-            return torch.cat([(rows + torch.arange(start, start + channels, device=device)).flatten()
-                              for start, channels in zip(self.conv_starts, self.conv_channels)])
-
-        chunks = coeff.take(self._layout((batch, banks, device), build))
-        chunks = chunks.split([batch * banks * channels for channels in self.conv_channels])
-        return [chunk.view(batch, banks, channels) for chunk, channels in zip(chunks, self.conv_channels)]
+    def _by_convolution(self, chunks: torch.Tensor, batch: int) -> list[torch.Tensor]:
+        """The flat chunks of every AW convolution -> per convolution its contiguous (B, K, C_out) view (the ops
+        read their coefficient contiguous: slices of one (B, K, sum of C_out) tensor would each cost a copy)."""
+        sizes = [batch * self.banks * channels for channels in self.conv_channels]
+        return [chunk.view(batch, self.banks, channels) for chunk, channels in zip(chunks.split(sizes), self.conv_channels)]
 
     # Copies and pickles of a model start with no signals: the last forward's tensors belong to its graph
     # (deepcopy refuses non-leaf tensors), and sharing between the copied layers is kept by deepcopy's memo.

@@ -289,7 +289,8 @@ Tensor bn_eval_forward(const Tensor& x, const Tensor& w, const Tensor& gamma, co
 }
 
 std::tuple<Tensor, Tensor, Tensor> bn_eval_grad(const Tensor& dy, const Tensor& x, const Tensor& w,
-                                                const Tensor& gamma, const Tensor& invstd, bool need_x) {
+                                                const Tensor& gamma, const Tensor& beta, const Tensor& mean,
+                                                const Tensor& invstd, bool need_x, Tensor& dcoeff) {
   RECORD_FUNCTION("awnet::cpu::bn_eval_grad", std::vector<c10::IValue>());
   const auto format = x.suggest_memory_format();
   const auto dense_dy = dy.contiguous(format), dense_x = x.contiguous(format);
@@ -299,13 +300,25 @@ std::tuple<Tensor, Tensor, Tensor> bn_eval_grad(const Tensor& dy, const Tensor& 
   auto dx = need_x ? at::empty_like(dense_x) : Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "awnet_bn_eval_grad_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const EvalMap<acc_t> map{w.data_ptr<acc_t>(), gamma.data_ptr<acc_t>(), nullptr, nullptr, nullptr,
-                             invstd.data_ptr<acc_t>(), w.size(1), channels, acc_t(0)};
+    const EvalMap<acc_t> map{w.data_ptr<acc_t>(), gamma.data_ptr<acc_t>(), beta.data_ptr<acc_t>(),
+                             mean.data_ptr<acc_t>(), nullptr, invstd.data_ptr<acc_t>(), w.size(1), channels, acc_t(0)};
     std::vector<acc_t> scale, unused;
     eval_maps(map, batch, scale, unused);
+    const auto* sum = dy_sum.data_ptr<acc_t>();
+    const auto* dot = dy_x_sum.data_ptr<acc_t>();
     eval_grad_pass(dense_dy.data_ptr<scalar_t>(), dense_x.data_ptr<scalar_t>(), scale.data(),
                    need_x ? dx.data_ptr<scalar_t>() : nullptr, dy_sum.data_ptr<acc_t>(), dy_x_sum.data_ptr<acc_t>(),
                    batch, channels, pixels, channels_last(x));
+    if (!dcoeff.defined()) return;
+    // dcoeff[b, k]: the channels' shares summed in a fixed order (deterministic).
+    auto* out = dcoeff.data_ptr<acc_t>();
+    at::parallel_for(0, batch, grain(map.banks * channels), [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b)
+        for (int64_t k = 0; k < map.banks; ++k)
+          out[b * map.banks + k] = sum_of<acc_t>(channels, [&](int64_t c) {
+            return map.coeff_grad(k, c, sum[b * channels + c], dot[b * channels + c]);
+          });
+    });
   });
   return {dx, dy_sum, dy_x_sum};
 }

@@ -83,10 +83,13 @@ __global__ void eval_forward_kernel(const scalar_t* x, EvalMap<acc_t> map, acc_t
   }
 }
 
-// The eval backward's one pass: the sums of grad_sums_kernel and (dx non-null) dx = scale * dy.
+// The eval backward's one pass: the sums of grad_sums_kernel, (dx non-null) dx = scale * dy and (dcoeff
+// non-null, zeroed) each channel's share of dcoeff added to it: float atomics, so the callers take this only
+// outside deterministic mode.
 template <typename scalar_t, typename acc_t>
 __global__ void eval_grad_kernel(const scalar_t* dy, const scalar_t* x, EvalMap<acc_t> map, scalar_t* dx,
-                                 acc_t* dy_sum, acc_t* dy_x_sum, int64_t pixels, bool channels_last, PixelTile tile) {
+                                 acc_t* dy_sum, acc_t* dy_x_sum, acc_t* dcoeff, int64_t pixels, bool channels_last,
+                                 PixelTile tile) {
   __shared__ acc_t shared[kThreads];
   const int64_t channels = map.channels;
   const int64_t b = tile.sample(channels), c = tile.channel(channels);
@@ -107,6 +110,8 @@ __global__ void eval_grad_kernel(const scalar_t* dy, const scalar_t* x, EvalMap<
   if (active && tile.pixel_lane() == 0) {
     dy_sum[b * channels + c] = sum;
     dy_x_sum[b * channels + c] = dot;
+    if (dcoeff)
+      for (int64_t k = 0; k < map.banks; ++k) atomicAdd(dcoeff + b * map.banks + k, map.coeff_grad(k, c, sum, dot));
   }
 }
 
@@ -242,21 +247,26 @@ Tensor bn_eval_forward(const Tensor& x, const Tensor& w, const Tensor& gamma, co
 }
 
 std::tuple<Tensor, Tensor, Tensor> bn_eval_grad(const Tensor& dy, const Tensor& x, const Tensor& w,
-                                                const Tensor& gamma, const Tensor& invstd, bool need_x) {
+                                                const Tensor& gamma, const Tensor& beta, const Tensor& mean,
+                                                const Tensor& invstd, bool need_x, Tensor& dcoeff) {
   const c10::cuda::CUDAGuard guard(x.device());
+  const auto stream = at::cuda::getCurrentCUDAStream();
   const auto in = dense(dy, x);
   const auto batch = x.size(0), channels = x.size(1);
   auto dy_sum = at::empty({batch, channels}, w.options()), dy_x_sum = at::empty({batch, channels}, w.options());
   auto dx = need_x ? at::empty_like(in.x) : Tensor();
+  if (dcoeff.defined() && dcoeff.numel())  // a memset, not a kernel: the pass adds into it
+    C10_CUDA_CHECK(cudaMemsetAsync(dcoeff.data_ptr(), 0, dcoeff.nbytes(), stream));
   if (dy_sum.numel() == 0) return {dx, dy_sum, dy_x_sum};
   const auto tile = PixelTile::for_layout(in.channels_last);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "awnet_bn_eval_grad_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const EvalMap<acc_t> map{w.data_ptr<acc_t>(), gamma.data_ptr<acc_t>(), nullptr, nullptr, nullptr,
-                             invstd.data_ptr<acc_t>(), w.size(1), channels, acc_t(0)};
-    eval_grad_kernel<<<tile.blocks(batch, channels), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    const EvalMap<acc_t> map{w.data_ptr<acc_t>(), gamma.data_ptr<acc_t>(), beta.data_ptr<acc_t>(),
+                             mean.data_ptr<acc_t>(), nullptr, invstd.data_ptr<acc_t>(), w.size(1), channels, acc_t(0)};
+    eval_grad_kernel<<<tile.blocks(batch, channels), kThreads, 0, stream>>>(
         in.dy.data_ptr<scalar_t>(), in.x.data_ptr<scalar_t>(), map, need_x ? dx.data_ptr<scalar_t>() : nullptr,
-        dy_sum.data_ptr<acc_t>(), dy_x_sum.data_ptr<acc_t>(), x.size(2) * x.size(3), in.channels_last, tile);
+        dy_sum.data_ptr<acc_t>(), dy_x_sum.data_ptr<acc_t>(), dcoeff.defined() ? dcoeff.data_ptr<acc_t>() : nullptr,
+        x.size(2) * x.size(3), in.channels_last, tile);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {dx, dy_sum, dy_x_sum};
