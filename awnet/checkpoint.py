@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .models import build
-from .nn.router import fuse_per_head_layout
+from .nn.router import fuse_head_layouts
 
 FORMAT = "awnet.checkpoint/1"
 _CONFIG_KEYS = {"name", "num_classes", "aw", "banks", "omega", "router_width"}
@@ -103,7 +103,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     if not isinstance(config, dict) or "name" not in config or not set(config) <= _CONFIG_KEYS:
         raise ValueError(f"{path} has an invalid config {config!r}: expected a dict with 'name' and keys "
                          f"from {sorted(_CONFIG_KEYS)}")
-    fuse_per_head_layout(tensors, "router.")  # a file saved before the router's heads were fused
+    fuse_head_layouts(tensors, "router.")  # a file saved before the router's heads were fused
     _check_config(path, config, tensors)
     model = build(**config)
     dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}

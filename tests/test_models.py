@@ -254,10 +254,21 @@ def test_bad_routes_are_refused():
 def per_head_state_dict(model: AWNet) -> dict[str, torch.Tensor]:
     """`model`'s state dict in the layout before the router's heads were fused: one Linear per head."""
     state, router = model.state_dict(), model.router
-    for heads, sizes in (("signal_heads", router.conv_channels), ("type_heads", (2,) * router.num_blocks)):
-        for param in ("weight", "bias"):
-            for i, part in enumerate(state.pop(f"router.{heads}.{param}").split(sizes)):
+    for param in ("weight", "bias"):
+        signal, types = state.pop(f"router.heads.{param}").split([router.signal_size, 2 * router.num_blocks])
+        for heads, rows, sizes in (("signal_heads", signal, router.conv_channels),
+                                   ("type_heads", types, (2,) * router.num_blocks)):
+            for i, part in enumerate(rows.split(sizes)):
                 state[f"router.{heads}.{i}.{param}"] = part.clone()
+    return state
+
+
+def per_kind_state_dict(model: AWNet) -> dict[str, torch.Tensor]:
+    """`model`'s state dict in the layout with one Linear for the Signal Heads and one for the Type Heads."""
+    state, router = model.state_dict(), model.router
+    for param in ("weight", "bias"):
+        signal, types = state.pop(f"router.heads.{param}").split([router.signal_size, 2 * router.num_blocks])
+        state[f"router.signal_heads.{param}"], state[f"router.type_heads.{param}"] = signal.clone(), types.clone()
     return state
 
 
@@ -313,6 +324,49 @@ def test_a_per_head_state_dict_and_checkpoint_still_load(tmp_path):
         fresh.load_state_dict(old)
 
 
+def test_a_state_dict_with_one_linear_per_kind_of_head_still_loads():
+    torch.manual_seed(0)
+    model = randomize_bns(awnet.models.build("resnet18", aw=True, banks=2)).eval()
+    perturb_signal_heads(model)
+    fresh = awnet.models.build("resnet18", aw=True, banks=2).eval()
+    fresh.load_state_dict(per_kind_state_dict(model))
+    x = images("resnet18")
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x))
+
+
+def test_a_run_saved_with_one_linear_per_kind_of_head_resumes_its_momentum():
+    """The optimizer state of the older layout maps onto the fused heads: momentum concatenated like the rows."""
+    from awnet.train.loop import fused_head_optimizer_state
+
+    torch.manual_seed(0)
+    net = awnet.models.build("smallcnn", aw=True)
+    router = net.router
+    older = []  # the parameters in the older model's order: the heads as one Linear per kind
+    for name, p in net.named_parameters():
+        if name == "router.heads.weight":
+            weights = p.detach().split([router.signal_size, 2 * router.num_blocks])
+            biases = router.heads.bias.detach().split([router.signal_size, 2 * router.num_blocks])
+            older += [t.clone().requires_grad_() for pair in zip(weights, biases) for t in pair]
+        elif name != "router.heads.bias":
+            older.append(p.detach().clone().requires_grad_())
+    before = torch.optim.SGD(older, lr=0.1, momentum=0.9)
+    for p in older:
+        p.grad = torch.randn_like(p)
+    before.step()
+    after = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    after.load_state_dict(fused_head_optimizer_state(before.state_dict(), net))
+    momentum = {name: after.state[p]["momentum_buffer"] for name, p in net.named_parameters()}
+    olds = iter(older)
+    for name, p in net.named_parameters():
+        if name == "router.heads.weight":
+            signal_w, signal_b, type_w, type_b = (before.state[next(olds)]["momentum_buffer"] for _ in range(4))
+            assert torch.equal(momentum[name], torch.cat([signal_w, type_w]))
+            assert torch.equal(momentum["router.heads.bias"], torch.cat([signal_b, type_b]))
+        elif name != "router.heads.bias":
+            assert torch.equal(momentum[name], before.state[next(olds)]["momentum_buffer"]), name
+
+
 # --- gradients through the router ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("banks", [1, 2])
@@ -348,9 +402,10 @@ def test_router_outputs_stay_in_the_graph_and_type_loss_trains_type_heads():
     expected = sum(F.cross_entropy(t, torch.tensor([0, 1])) for t in aw.type_logits) / len(aw.type_logits)
     assert_close(loss, expected, 1e-6, "type loss")
     loss.backward()
-    type_grads = aw.router.type_heads.weight.grad.split(2)  # per Type Head
+    grad = aw.router.heads.weight.grad
+    type_grads = grad[aw.router.signal_size:].split(2)  # per Type Head
     assert len(type_grads) == aw.router.num_blocks and all(g.abs().max() > 0 for g in type_grads)
-    assert aw.router.signal_heads.weight.grad is None
+    assert not grad[:aw.router.signal_size].any(), "the type loss reaches the Signal Heads"
 
 
 def test_compiled_aw_resnet18_runs_forward_and_backward_without_graph_break():

@@ -131,7 +131,7 @@ def test_awnet_attacks_go_through_the_router_and_only_the_loss_pass_forces_the_r
     loss.backward()
     assert routes[-1] == [0] * 6 + [1] * 6 and modes[-1], "one train-mode pass over [clean; adversarial]"
     assert all(r is None for r in routes[:-1]) and not any(modes[:-1]), "attacks: eval mode, routed by the net"
-    assert net.router.type_heads.weight.grad.abs().sum() > 0, "the type loss trains the Type Heads"
+    assert net.router.heads.weight.grad[net.router.signal_size:].abs().sum() > 0, "the type loss trains the Type Heads"
     assert torch.isfinite(loss) and set(stats) >= {"loss_type", "train_router_acc"}
 
 

@@ -6,11 +6,12 @@ convolution a Signal Head emits the regulation signal omega (one value per filte
 Type Head predicts p_type = softmax([clean, adversarial]). omega = 2 * sigmoid(z) with the Signal Heads
 zero-initialised, so a new router leaves its network static (omega = 1).
 
-Every head reads the same feature vector, so all Signal Heads are one Linear into the concatenated channels
-and all Type Heads one Linear into 2 x blocks (DESIGN.md section 3: a step's cost is its number of kernels):
-row block i of `signal_heads` is the Signal Head of convolution i, rows 2j, 2j + 1 of `type_heads` the Type
-Head of block j. A state dict with one Linear per head (`signal_heads.<i>.weight`, the layout before the
-heads were fused) loads too: `fuse_per_head_layout` concatenates its heads.
+Every head reads the same feature vector, so all Signal Heads and Type Heads are one Linear, `heads`
+(DESIGN.md section 3: a step's cost is its number of kernels): its first sum(C_out) rows are the Signal
+Heads (row block i the Signal Head of convolution i), the 2 x blocks rows after them the Type Heads (rows
+2j, 2j + 1 of those the Type Head of block j); `signal_heads` and `type_heads` are views of those rows. State
+dicts of the older layouts load too (`fuse_head_layouts`): one Linear per head, and one Linear for the Signal
+Heads and one for the Type Heads.
 """
 from __future__ import annotations
 
@@ -43,11 +44,19 @@ class RouterOutput(NamedTuple):
         return self.p_type[:, :, 1].mean(dim=1)
 
 
-def fuse_per_head_layout(state_dict: dict, prefix: str) -> bool:
-    """Concatenate, in place, a router's per-head Linears (`<prefix>signal_heads.<i>.weight`, ...) into the
-    fused heads; returns whether `state_dict` held any."""
-    found = False
-    for heads in ("signal_heads", "type_heads"):
+class HeadRows(NamedTuple):
+    """Rows of the fused `heads` Linear: views of its weight and bias (writing them writes the heads)."""
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+
+def fuse_head_layouts(state_dict: dict, prefix: str) -> str | None:
+    """Rewrite, in place, a router state dict of an older layout into the fused `<prefix>heads`: one Linear per
+    head (`<prefix>signal_heads.<i>.weight`, ...: "per head"), or one Linear for the Signal Heads and one for
+    the Type Heads (`<prefix>signal_heads.weight`, `<prefix>type_heads.weight`: "per kind"). Returns the older
+    layout it held, if any."""
+    found = None
+    for heads in ("signal_heads", "type_heads"):  # one Linear per head -> one per kind
         for param in ("weight", "bias"):
             pattern = re.compile(re.escape(f"{prefix}{heads}.") + r"(\d+)\." + param)
             parts = sorted((int(m.group(1)), key) for key in state_dict if (m := pattern.fullmatch(key)))
@@ -57,12 +66,17 @@ def fuse_per_head_layout(state_dict: dict, prefix: str) -> bool:
             if held != list(range(len(parts))):
                 raise ValueError(f"{prefix}{heads}: the per-head state dict misses heads (it holds {held})")
             state_dict[f"{prefix}{heads}.{param}"] = torch.cat([state_dict.pop(key) for _, key in parts])
-            found = True
+            found = "per head"
+    for param in ("weight", "bias"):  # one Linear per kind -> one for both, the Signal Heads first
+        kinds = [f"{prefix}{heads}.{param}" for heads in ("signal_heads", "type_heads")]
+        if kinds[1] in state_dict:
+            state_dict[f"{prefix}heads.{param}"] = torch.cat([state_dict.pop(k) for k in kinds if k in state_dict])
+            found = found or "per kind"
     return found
 
 
-def _load_per_head_layout(state_dict: dict, prefix: str, *args) -> None:
-    fuse_per_head_layout(state_dict, prefix)
+def _load_older_layouts(state_dict: dict, prefix: str, *args) -> None:
+    fuse_head_layouts(state_dict, prefix)
 
 
 class AdversarialRouter(nn.Module):
@@ -106,32 +120,44 @@ class AdversarialRouter(nn.Module):
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
         )
-        self.signal_heads = nn.Linear(width, sum(self.conv_channels), **factory) if omega else None
-        self.type_heads = nn.Linear(width, NUM_TYPES * num_blocks, **factory)
-        self._register_load_state_dict_pre_hook(_load_per_head_layout)
+        self.signal_size = sum(self.conv_channels) if omega else 0  # rows of `heads` that are Signal Heads
+        self.heads = nn.Linear(width, self.signal_size + NUM_TYPES * num_blocks, **factory)
+        self._register_load_state_dict_pre_hook(_load_older_layouts)
         self.reset_parameters()
+
+    @property
+    def signal_heads(self) -> HeadRows | None:
+        """The Signal Heads' rows of `heads`; None without them."""
+        rows = slice(0, self.signal_size)
+        return HeadRows(self.heads.weight[rows], self.heads.bias[rows]) if self.omega else None
+
+    @property
+    def type_heads(self) -> HeadRows:
+        """The Type Heads' rows of `heads`."""
+        rows = slice(self.signal_size, None)
+        return HeadRows(self.heads.weight[rows], self.heads.bias[rows])
 
     def reset_parameters(self) -> None:
         for module in self.features.modules():
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
-        # nn.Linear's initialisation head by head, in the order of the per-head layout: a seed gives the
-        # router it gave when every head was its own Linear.
+        # nn.Linear's initialisation head by head, Signal Heads first: a seed gives the router it gave when
+        # every head was its own Linear.
         bound = 1 / math.sqrt(self.width)
-        type_sizes = (NUM_TYPES,) * self.num_blocks
+        sizes = (self.conv_channels if self.omega else ()) + (NUM_TYPES,) * self.num_blocks
         with torch.no_grad():
-            for heads, sizes in ((self.signal_heads, self.conv_channels), (self.type_heads, type_sizes)):
-                if heads is None:
-                    continue
-                for weight, bias in zip(heads.weight.split(sizes), heads.bias.split(sizes)):
-                    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
-                    nn.init.uniform_(bias, -bound, bound)
-        if self.signal_heads is not None:  # z = 0, omega = 2 * sigmoid(0) = 1 exactly
-            nn.init.zeros_(self.signal_heads.weight)
-            nn.init.zeros_(self.signal_heads.bias)
+            for weight, bias in zip(self.heads.weight.split(sizes), self.heads.bias.split(sizes)):
+                nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+                nn.init.uniform_(bias, -bound, bound)
+            if self.omega:  # z = 0, omega = 2 * sigmoid(0) = 1 exactly
+                self.heads.weight[:self.signal_size].zero_()
+                self.heads.bias[:self.signal_size].zero_()
 
     def forward(self, x: torch.Tensor) -> RouterOutput:
-        features = self.features(self.normalize(x))
-        signal = None if self.signal_heads is None else OMEGA_SCALE * torch.sigmoid(self.signal_heads(features))
-        type_logits = self.type_heads(features).view(-1, self.num_blocks, NUM_TYPES)
+        heads = self.heads(self.features(self.normalize(x)))
+        signal = None
+        if self.omega:  # one split: its backward is one concatenation
+            z, heads = heads.split([self.signal_size, heads.shape[1] - self.signal_size], dim=1)
+            signal = OMEGA_SCALE * torch.sigmoid(z)
+        type_logits = heads.view(heads.shape[0], self.num_blocks, NUM_TYPES)
         return RouterOutput(signal, type_logits, type_logits.softmax(dim=2))

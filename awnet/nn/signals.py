@@ -123,12 +123,13 @@ class Signals:
             return torch.cat([row.flatten() for row in rows])
 
         gathered = mix.take(self._layout(("mix", batch, convs, device), build))
+        # One split (its backward is one cat) into every layer's piece.
+        norms, row = len(self.norm_blocks), batch * types
         if convs == "channels":
-            norms = len(self.norm_blocks) * batch * types
-            gathered, chunks = gathered.split([norms, gathered.numel() - norms])
-            return list(gathered.view(-1, batch, types).unbind(0)), chunks
-        rows = list(gathered.view(len(layers), batch, types).unbind(0))
-        return rows[:len(self.norm_blocks)], rows[len(self.norm_blocks):]
+            *pieces, chunks = gathered.split([row] * norms + [gathered.numel() - norms * row])
+            return [piece.view(batch, types) for piece in pieces], chunks
+        pieces = [piece.view(batch, types) for piece in gathered.split(row)] if row else [gathered.view(batch, types)] * len(layers)
+        return pieces[:norms], pieces[norms:]
 
     def _omega_layout(self, batch: int, device: torch.device) -> torch.Tensor:
         """The flat indices into omega (B, sum of C_out) of every convolution's chunk (B, K, C_out), row-major

@@ -34,7 +34,7 @@ from ..data import DATA_DIR_HELP, DATASETS, load_dataset, spread
 from ..eval.metrics import outcomes
 from ..models import build
 from ..nn import AWNet
-from ..nn.router import ADVERSARIAL_THRESHOLD, fuse_per_head_layout
+from ..nn.router import ADVERSARIAL_THRESHOLD, fuse_head_layouts
 from ..settings import (
     BANKS, FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_INT, ROUTER_WIDTH, check_settings, check_writable_dir, option,
     setting, writable_dir,
@@ -164,6 +164,36 @@ def make_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup: fl
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def fused_head_optimizer_state(state: dict, net: nn.Module) -> dict:
+    """The optimizer state of a run saved when the router had one Linear for its Signal Heads and one for its
+    Type Heads, for `net`'s fused `router.heads`: the per-parameter state (SGD's momentum) of the two
+    concatenated as their weights are (`fuse_head_layouts`), the other parameters' state moved to their new
+    indices."""
+    names = [name for name, _ in net.named_parameters()]
+    kinds = ("signal_heads", "type_heads") if net.router.omega else ("type_heads",)
+    at = names.index("router.heads.weight")
+    if names[at + 1] != "router.heads.bias" or len(state["param_groups"]) != 1:
+        raise ValueError("this run's optimizer state has a layout its router's heads cannot be mapped from")
+    old_names = names[:at] + [f"router.{kind}.{p}" for kind in kinds for p in ("weight", "bias")] + names[at + 2:]
+    group = state["param_groups"][0]
+    if len(group["params"]) != len(old_names):
+        raise ValueError(f"this run's optimizer holds {len(group['params'])} parameters, the model before its "
+                         f"router's heads were fused {len(old_names)}")
+    old = {name: state["state"].get(index) for name, index in zip(old_names, group["params"])}
+    fused = {}
+    for index, name in enumerate(names):
+        if not name.startswith("router.heads."):
+            entry = old[name]
+        else:
+            param = name.rpartition(".")[2]
+            parts = [old[f"router.{kind}.{param}"] for kind in kinds]
+            keys = {key for key in set.intersection(*(set(p) for p in parts)) if all(torch.is_tensor(p[key]) for p in parts)} if all(parts) else set()
+            entry = {key: torch.cat([p[key] for p in parts]) for key in keys} or None
+        if entry is not None:
+            fused[index] = entry
+    return {"state": fused, "param_groups": [{**group, "params": list(range(len(names)))}]}
+
+
 def validate(net: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, rank: int, world: int,
              batch_size: int) -> dict[str, float]:
     """Clean and PGD accuracy (and, for an AW-Net, the router's detection accuracy on clean vs PGD inputs)
@@ -257,10 +287,13 @@ def _train(config: TrainConfig, rank: int, world: int) -> list[dict[str, Any]]:
     history: list[dict[str, Any]] = []
 
     if saved is not None:
-        if fuse_per_head_layout(dict(saved["model"]), "router."):  # the optimizer state is per parameter
+        layout = fuse_head_layouts(saved["model"], "router.")
+        if layout == "per head":  # its optimizer state was never resumable
             raise ValueError(f"{config.out} holds a run whose router has one Linear per head (an older layout), "
                              "whose optimizer state cannot be resumed: start a new run in another folder with "
                              f"--init {os.path.join(config.out, MODEL)}")
+        if layout == "per kind":
+            saved["optimizer"] = fused_head_optimizer_state(saved["optimizer"], net)
         net.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
