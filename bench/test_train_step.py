@@ -25,12 +25,9 @@ VARIANTS = {  # name: (aw, banks, backend)
 }
 
 
-def make_step(variant: str, model_name: str = next(iter(MODELS))):
-    """One PGD-10 training step of `variant` on a fixed batch, as a function returning the detached loss.
-
-    Every call times the same work: it starts by restoring the parameters, buffers and momentum that the
-    model had after its first (warm-up) step, so the update of one round never changes what the next
-    round computes (one fused copy, the same for every variant)."""
+def training_step(variant: str, model_name: str = next(iter(MODELS))):
+    """One PGD-10 training step of `variant` on a fixed batch: the step (a function returning the detached
+    loss), its model and its optimizer."""
     aw, banks, backend = VARIANTS[variant]
     batch = MODELS[model_name]
     model = awnet.models.build(model_name, aw=aw, banks=banks).to(DEVICE).train()
@@ -47,7 +44,14 @@ def make_step(variant: str, model_name: str = next(iter(MODELS))):
         loss.backward()
         optimizer.step()
         return loss.detach()
+    return update, model, optimizer
 
+
+def make_step(variant: str, model_name: str = next(iter(MODELS))):
+    """`training_step` as a function that times the same work at every call: it starts by restoring the
+    parameters, buffers and momentum that the model had after its first (warm-up) step, so the update of one
+    round never changes what the next round computes (one fused copy, the same for every variant)."""
+    update, model, optimizer = training_step(variant, model_name)
     update()  # creates the momentum buffers
     state = [*model.parameters(), *model.buffers(), *(s["momentum_buffer"] for s in optimizer.state.values())]
     saved = [t.detach().clone() for t in state]

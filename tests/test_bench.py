@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import awnet
 from conftest import REPO_ROOT
 
 # Benchmarks never run interpreted; and on CPU, also on a GPU machine (there scripts/gpu-check times them).
@@ -31,6 +32,19 @@ def test_interleaved_step_times():
     assert run.returncode == 0, run.stderr[-3000:]
     times = json.loads(run.stdout.strip().splitlines()[-1])["smallcnn"]
     assert set(times) == {"static", "awnet-banks1", "awnet-banks2"} and all(ms > 0 for ms in times.values()), times
+
+
+def test_step_peak_memory():
+    run = subprocess.run([sys.executable, "-m", "bench.step_memory", "--models", "smallcnn", "--json"],
+                         cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    peaks = json.loads(run.stdout.strip().splitlines()[-1])["smallcnn"]
+    assert set(peaks) == {"static", "awnet-banks1", "awnet-banks2"}, peaks
+    # Every step holds at least its model's float32 parameters, gradients and momentum.
+    for variant, mib in peaks.items():
+        model = awnet.models.build("smallcnn", aw=variant != "static", **({"banks": int(variant[-1])} if
+                                                                          variant != "static" else {}))
+        assert mib > 3 * 4 * sum(p.numel() for p in model.parameters()) / 2**20, (variant, peaks)
 
 
 def test_results_file_and_report(tmp_path):
