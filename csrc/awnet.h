@@ -81,18 +81,26 @@ using BankGrads = void(const Tensor& dy, const Tensor& banks, const Tensor& a, i
                        Tensor& dy_banks, Tensor& da, Tensor& dy_sum);
 
 // MixBN (mix_batch_norm.cpp). The finalize steps between its passes (mix_batch_norm_finalize.h states
-// them): every tensor dense and in the accumulation type; w (B, K), the (B, C) per-sample moments
-// (training only, else empty), the (K, C) parameters and running statistics (updated in training).
-using BnFinalize = void(const Tensor& w, const Tensor& sample_mean, const Tensor& sample_var, const Tensor& gamma,
-                        const Tensor& beta, Tensor& running_mean, Tensor& running_var, bool training,
-                        double momentum, double eps, int64_t pixels, Tensor& mean, Tensor& invstd, Tensor& scale,
-                        Tensor& shift);
-// dcoeff (B, K) undefined when not needed.
+// them): every (B, K), (B, C) and (K, C) tensor dense and in the accumulation type.
+// Backward finalize: the parameter gradients, dx's per-(sample, channel) map and (dcoeff (B, K) defined) the
+// coefficient gradient, from the per-sample sums of dy and dy * x (the per-sample moments in training, else
+// empty).
 using BnFinalizeBackward = void(const Tensor& w, const Tensor& dy_sum, const Tensor& dy_x_sum, const Tensor& mean,
                                 const Tensor& invstd, const Tensor& gamma, const Tensor& beta,
                                 const Tensor& sample_mean, const Tensor& sample_var, bool training, double eps,
                                 int64_t pixels, Tensor& dgamma, Tensor& dbeta, Tensor& dcoeff, Tensor& scale_dy,
                                 Tensor& scale_x, Tensor& shift);
+// Training, the output pass with the finalize in it: from the per-sample moments, the banks' statistics (mean,
+// invstd out; the running statistics updated) and y = scale * x + shift in x's suggested memory format.
+using BnTrainForward = Tensor(const Tensor& x, const Tensor& w, const Tensor& sample_mean, const Tensor& sample_var,
+                              const Tensor& gamma, const Tensor& beta, Tensor& running_mean, Tensor& running_var,
+                              double momentum, double eps, Tensor& mean, Tensor& invstd);
+// Training, the dx pass with the backward finalize in it (no coefficient gradient): dgamma, dbeta (out) and
+// dx from the sums of dy and dy * x and the saved statistics.
+using BnTrainGradInput = Tensor(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& dy_sum,
+                                const Tensor& dy_x_sum, const Tensor& mean, const Tensor& invstd, const Tensor& gamma,
+                                const Tensor& beta, const Tensor& sample_mean, const Tensor& sample_var, double eps,
+                                Tensor& dgamma, Tensor& dbeta);
 // The passes over the pixels: x and dy (B, C, H, W) in any layout, the (B, C) tensors in the accumulation
 // type.
 // One pass over x (training): the per-(sample, channel) mean and biased variance.
@@ -121,24 +129,26 @@ struct DeviceKernels {
   MixBanks* mix_banks;
   BankGrads* bank_grads;
   BnMoments* bn_moments;
-  BnFinalize* bn_finalize;
+  BnTrainForward* bn_train_forward;
   BnFinalizeBackward* bn_finalize_backward;
   BnGradSums* bn_grad_sums;
   BnGradInput* bn_grad_input;
   BnEvalForward* bn_eval_forward;
   BnEvalGrad* bn_eval_grad;
+  BnTrainGradInput* bn_train_grad_input;
 };
 
 namespace cpu {
 MixBanks mix_banks;
 BankGrads bank_grads;
 BnMoments bn_moments;
-BnFinalize bn_finalize;
+BnTrainForward bn_train_forward;
 BnFinalizeBackward bn_finalize_backward;
 BnGradSums bn_grad_sums;
 BnGradInput bn_grad_input;
 BnEvalForward bn_eval_forward;
 BnEvalGrad bn_eval_grad;
+BnTrainGradInput bn_train_grad_input;
 }  // namespace cpu
 
 #ifdef AWNET_WITH_CUDA
@@ -146,25 +156,26 @@ namespace cuda {
 MixBanks mix_banks;
 BankGrads bank_grads;
 BnMoments bn_moments;
-BnFinalize bn_finalize;
+BnTrainForward bn_train_forward;
 BnFinalizeBackward bn_finalize_backward;
 BnGradSums bn_grad_sums;
 BnGradInput bn_grad_input;
 BnEvalForward bn_eval_forward;
 BnEvalGrad bn_eval_grad;
+BnTrainGradInput bn_train_grad_input;
 }  // namespace cuda
 #endif
 
 // The kernels for `t`'s device. The CUDA ops are registered only when the CUDA part is built, so a CUDA
 // tensor reaches here only then.
 inline const DeviceKernels& kernels_for(const Tensor& t) {
-  static constexpr DeviceKernels cpu_kernels{cpu::mix_banks,       cpu::bank_grads,           cpu::bn_moments,
-                                             cpu::bn_finalize,     cpu::bn_finalize_backward, cpu::bn_grad_sums,
-                                             cpu::bn_grad_input,   cpu::bn_eval_forward,      cpu::bn_eval_grad};
+  static constexpr DeviceKernels cpu_kernels{
+      cpu::mix_banks,     cpu::bank_grads,      cpu::bn_moments,      cpu::bn_train_forward,   cpu::bn_finalize_backward,
+      cpu::bn_grad_sums,  cpu::bn_grad_input,   cpu::bn_eval_forward, cpu::bn_eval_grad,       cpu::bn_train_grad_input};
 #ifdef AWNET_WITH_CUDA
-  static constexpr DeviceKernels cuda_kernels{cuda::mix_banks,     cuda::bank_grads,           cuda::bn_moments,
-                                              cuda::bn_finalize,   cuda::bn_finalize_backward, cuda::bn_grad_sums,
-                                              cuda::bn_grad_input, cuda::bn_eval_forward,      cuda::bn_eval_grad};
+  static constexpr DeviceKernels cuda_kernels{
+      cuda::mix_banks,    cuda::bank_grads,     cuda::bn_moments,     cuda::bn_train_forward,  cuda::bn_finalize_backward,
+      cuda::bn_grad_sums, cuda::bn_grad_input,  cuda::bn_eval_forward, cuda::bn_eval_grad,     cuda::bn_train_grad_input};
   if (t.is_cuda()) return cuda_kernels;
 #endif
   return cpu_kernels;

@@ -1,10 +1,11 @@
-// mix_batch_norm: K batch norms mixed per sample, in three passes per direction. Every bank's statistics
+// mix_batch_norm: K batch norms mixed per sample, in two passes per direction. Every bank's statistics
 // come from per-(sample, channel) moments, and the output is one per-(sample, channel) affine map
 // y = A[b,c] * x + B[b,c] with A = sum_k coeff[b,k] gamma_k invstd_k and
-// B = sum_k coeff[b,k] (beta_k - gamma_k mu_k invstd_k). Forward: the moments (one pass over x), a finalize
-// kernel over the (K, C) and (B, C) statistics, the affine pass. Backward: the sums of dy and dy * x (one
-// pass), a finalize kernel (parameter and coefficient gradients, dx's map dx = A dy + C1 x + C0), the dx
-// pass. The forward returns the per-sample moments so the backward never reads x for them again. In eval
+// B = sum_k coeff[b,k] (beta_k - gamma_k mu_k invstd_k). Forward: the moments (one pass over x), then the
+// affine pass, which computes the (K, C) bank statistics and its map itself (the finalize). Backward: the
+// sums of dy and dy * x (one pass), then the dx pass with its finalize (parameter gradients, dx's map
+// dx = A dy + C1 x + C0); the coefficient gradient, a sum over the channels, takes a finalize kernel of its
+// own between them. The forward returns the per-sample moments so the backward never reads x for them again. In eval
 // (the attack's steps) the map needs no batch statistic: one pass forward, and backward one pass for dx and
 // dcoeff (the finalize only for the parameter gradients).
 #include "awnet.h"
@@ -61,20 +62,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mix_batch_norm(
   }
   // Pass 1: the per-(sample, channel) moments, accumulated (and returned) in float.
   const auto [sample_mean, sample_var] = kernels_for(x).bn_moments(x);
-  // The finalize works on the running statistics in place when they are dense and in the accumulation type.
+  // Pass 2, the finalize in it: the bank and running statistics (in place when the running statistics are
+  // dense and in the accumulation type), and y = scale * x + shift.
   auto run_mean = dense_acc(running_mean, acc), run_var = dense_acc(running_var, acc);
-  const auto bank_options = w.options();
-  auto mean = at::empty(weight.sizes(), bank_options), invstd = at::empty(weight.sizes(), bank_options);
-  auto scale = at::empty({x.size(0), x.size(1)}, bank_options), shift = at::empty_like(scale);
-  // Pass 2: the bank statistics, the running statistics and the per-(sample, channel) affine map.
-  kernels_for(x).bn_finalize(w, sample_mean, sample_var, gamma, beta, run_mean, run_var, training, momentum, eps,
-                             x.size(2) * x.size(3), mean, invstd, scale, shift);
+  auto mean = at::empty(weight.sizes(), w.options()), invstd = at::empty(weight.sizes(), w.options());
+  auto y = kernels_for(x).bn_train_forward(x, w, sample_mean, sample_var, gamma, beta, run_mean, run_var, momentum,
+                                           eps, mean, invstd);
   if (!run_mean.is_same(running_mean)) running_mean.copy_(run_mean);
   if (!run_var.is_same(running_var)) running_var.copy_(run_var);
-  // Pass 3: y = scale * x + shift.
-  auto y = at::empty(x.sizes(), x.options().memory_format(x.suggest_memory_format()));
-  const auto b = x.size(0), c = x.size(1);
-  at::addcmul_out(y, shift.view({b, c, 1, 1}), x, scale.view({b, c, 1, 1}));
   return {y, mean, invstd, sample_mean, sample_var};
 }
 
@@ -124,18 +119,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> mix_batch_norm_backward(
   }
   // Pass 1: sum_p dy and sum_p dy * x per (sample, channel).
   const auto [dy_sum, dy_x_sum] = kernels.bn_grad_sums(grad_y, x);
-  // Pass 2: the parameter and coefficient gradients, and dx's per-(sample, channel) map.
   auto dgamma = at::empty(weight.sizes(), w.options()), dbeta = at::empty_like(dgamma);
+  const auto saved_mean = dense_acc(mean, acc), saved_invstd = dense_acc(invstd, acc);
+  const auto moments_mean = sample_mean.contiguous(), moments_var = sample_var.contiguous();
+  const auto out = [&](const Tensor& dx, const Tensor& dcoeff) -> std::tuple<Tensor, Tensor, Tensor, Tensor> {
+    return {need_x ? dx : empty, need_coeff ? dcoeff.to(coeff.scalar_type()) : empty,
+            need_weight ? dgamma.to(weight.scalar_type()) : empty, need_bias ? dbeta.to(bias.scalar_type()) : empty};
+  };
+  if (need_x && !need_coeff)  // Pass 2, the finalize in it: dx (and the parameter gradients).
+    return out(kernels.bn_train_grad_input(grad_y, x, w, dy_sum, dy_x_sum, saved_mean, saved_invstd, gamma, beta,
+                                           moments_mean, moments_var, eps, dgamma, dbeta),
+               Tensor());
+  // The coefficient gradient sums over the channels: a finalize of its own (pass 2), then dx (pass 3).
   auto dcoeff = need_coeff ? at::empty(coeff.sizes(), w.options()) : Tensor();
   auto scale_dy = at::empty_like(dy_sum), scale_x = at::empty_like(dy_sum), shift = at::empty_like(dy_sum);
-  kernels.bn_finalize_backward(w, dy_sum, dy_x_sum, dense_acc(mean, acc), dense_acc(invstd, acc), gamma, beta,
-                               training ? sample_mean.contiguous() : Tensor(),
-                               training ? sample_var.contiguous() : Tensor(), training, eps, x.size(2) * x.size(3),
-                               dgamma, dbeta, dcoeff, scale_dy, scale_x, shift);
-  // Pass 3: dx.
-  const auto dx = need_x ? kernels.bn_grad_input(grad_y, x, scale_dy, scale_x, shift) : empty;
-  return {dx, need_coeff ? dcoeff.to(coeff.scalar_type()) : empty,
-          need_weight ? dgamma.to(weight.scalar_type()) : empty, need_bias ? dbeta.to(bias.scalar_type()) : empty};
+  kernels.bn_finalize_backward(w, dy_sum, dy_x_sum, saved_mean, saved_invstd, gamma, beta, moments_mean, moments_var,
+                               true, eps, x.size(2) * x.size(3), dgamma, dbeta, dcoeff, scale_dy, scale_x, shift);
+  return out(need_x ? kernels.bn_grad_input(grad_y, x, scale_dy, scale_x, shift) : empty, dcoeff);
 }
 
 TORCH_LIBRARY_IMPL(awnet, CPU, m) {

@@ -28,50 +28,66 @@ C10_HOST_DEVICE inline acc_t coeff_grad_share(acc_t invstd, acc_t gamma, acc_t b
   return invstd * gamma * (dy_x_sum - mean * dy_sum) + beta * dy_sum;
 }
 
-// Forward. In training, bank k's statistics are the w[:, k]-weighted moments of the samples (parallel-axis
-// rule: no pass over x subtracts two large sums); a bank with zero weight uses its running statistics. Then
-// the per-(sample, channel) affine map y = scale * x + shift that the output pass applies.
+// Forward, in training: bank k's statistics are the w[:, k]-weighted moments of the samples (parallel-axis
+// rule, as sums over the samples: no pass over x subtracts two large sums); a bank with zero weight uses its
+// running statistics. Then the per-(sample, channel) affine map y = scale * x + shift that the output pass
+// applies. The sums over the samples are made by one thread per channel (`operator()`, CPU), or inside the
+// output pass by the threads of a block, each block for its own sample (CUDA): the terms are written once here.
 template <typename acc_t>
 struct FinalizeForward {
-  const acc_t *w, *sample_mean, *sample_var, *gamma, *beta;  // sample_* (B, C): training only
-  acc_t *running_mean, *running_var;                          // (K, C), updated in training
+  const acc_t *w, *sample_mean, *sample_var, *gamma, *beta;  // (B, K), (B, C) x 2, (K, C) x 2
+  acc_t *running_mean, *running_var;                          // (K, C), updated
   acc_t *mean, *invstd, *scale, *shift;                       // out: (K, C), (K, C), (B, C), (B, C)
   int64_t batch, banks, channels;
   acc_t pixels, momentum, eps;
-  bool training;
+
+  // Summed over the samples b: bank k's weight, then sum_b w m_b, then (given its mean m) sum_b w (v_b + (m_b - m)^2).
+  C10_HOST_DEVICE acc_t weight_term(int64_t b, int64_t k) const { return w[b * banks + k]; }
+  C10_HOST_DEVICE acc_t mean_term(int64_t b, int64_t k, int64_t c) const {
+    return w[b * banks + k] * sample_mean[b * channels + c];
+  }
+  C10_HOST_DEVICE acc_t var_term(int64_t b, int64_t k, int64_t c, acc_t m) const {
+    const acc_t shift_b = sample_mean[b * channels + c] - m;
+    return w[b * banks + k] * (sample_var[b * channels + c] + shift_b * shift_b);
+  }
+  C10_HOST_DEVICE bool batch_stats(acc_t weight) const { return weight * pixels != acc_t(0); }
+  C10_HOST_DEVICE acc_t bank_mean(int64_t kc, acc_t weight, acc_t mean_sum) const {
+    return batch_stats(weight) ? mean_sum / weight : running_mean[kc];
+  }
+  C10_HOST_DEVICE acc_t bank_var(int64_t kc, acc_t weight, acc_t var_sum) const {
+    return batch_stats(weight) ? var_sum / weight : running_var[kc];
+  }
+  // Bank k's mean and invstd at c written, and its running statistics updated: once per (bank, channel).
+  C10_HOST_DEVICE void store(int64_t kc, acc_t weight, acc_t m, acc_t v) const {
+    if (batch_stats(weight)) {
+      const acc_t count = weight * pixels;
+      const acc_t unbias = count > acc_t(1) ? count / (count - acc_t(1)) : acc_t(1);
+      running_mean[kc] = (acc_t(1) - momentum) * running_mean[kc] + momentum * m;
+      running_var[kc] = (acc_t(1) - momentum) * running_var[kc] + momentum * v * unbias;
+    }
+    mean[kc] = m;
+    invstd[kc] = inverse_sqrt(v + eps);
+  }
+  // Bank k's share of sample b's map at c.
+  C10_HOST_DEVICE void add_bank(int64_t b, int64_t kc, int64_t k, acc_t m, acc_t bank_invstd, acc_t& a,
+                                acc_t& s) const {
+    const acc_t bank_scale = gamma[kc] * bank_invstd;
+    a += w[b * banks + k] * bank_scale;
+    s += w[b * banks + k] * (beta[kc] - m * bank_scale);
+  }
 
   C10_HOST_DEVICE void operator()(int64_t c) const {
     for (int64_t k = 0; k < banks; ++k) {
-      const int64_t kc = k * channels + c;
-      acc_t weight = 0;
-      for (int64_t b = 0; b < batch; ++b) weight += w[b * banks + k];
-      const acc_t count = weight * pixels;
-      acc_t m = running_mean[kc], v = running_var[kc];
-      if (training && count != acc_t(0)) {
-        acc_t sum = 0;
-        for (int64_t b = 0; b < batch; ++b) sum += w[b * banks + k] * sample_mean[b * channels + c];
-        m = sum / weight;
-        acc_t second = 0;
-        for (int64_t b = 0; b < batch; ++b) {
-          const acc_t shift_b = sample_mean[b * channels + c] - m;
-          second += w[b * banks + k] * (sample_var[b * channels + c] + shift_b * shift_b);
-        }
-        v = second / weight;
-        const acc_t unbias = count > acc_t(1) ? count / (count - acc_t(1)) : acc_t(1);
-        running_mean[kc] = (acc_t(1) - momentum) * running_mean[kc] + momentum * m;
-        running_var[kc] = (acc_t(1) - momentum) * running_var[kc] + momentum * v * unbias;
-      }
-      mean[kc] = m;
-      invstd[kc] = inverse_sqrt(v + eps);
+      acc_t weight = 0, mean_sum = 0, var_sum = 0;
+      for (int64_t b = 0; b < batch; ++b) weight += weight_term(b, k);
+      for (int64_t b = 0; b < batch; ++b) mean_sum += mean_term(b, k, c);
+      const acc_t m = bank_mean(k * channels + c, weight, mean_sum);
+      for (int64_t b = 0; b < batch; ++b) var_sum += var_term(b, k, c, m);
+      store(k * channels + c, weight, m, bank_var(k * channels + c, weight, var_sum));
     }
     for (int64_t b = 0; b < batch; ++b) {
       acc_t a = 0, s = 0;
-      for (int64_t k = 0; k < banks; ++k) {
-        const int64_t kc = k * channels + c;
-        const acc_t bank_scale = gamma[kc] * invstd[kc];
-        a += w[b * banks + k] * bank_scale;
-        s += w[b * banks + k] * (beta[kc] - mean[kc] * bank_scale);
-      }
+      for (int64_t k = 0; k < banks; ++k) add_bank(b, k * channels + c, k, mean[k * channels + c], invstd[k * channels + c], a, s);
       scale[b * channels + c] = a;
       shift[b * channels + c] = s;
     }
@@ -118,7 +134,9 @@ struct EvalMap {
 // gradient's share of channel c (dcoeff_c (B, K, C), summed over C by the caller), and dx's per-(sample,
 // channel) map dx = scale_dy * dy + scale_x * x + shift. With xhat_k = (x - mu_k) invstd_k:
 // sum_p dy xhat_k = invstd_k (sum_p dy x - mu_k sum_p dy); banks on batch statistics also pass gradient
-// through their mean and variance (to x, and to w through the weighted moments).
+// through their mean and variance (to x, and to w through the weighted moments). As in the forward, the sums
+// over the samples are made by one thread per channel (`operator()`) or by a block inside the dx pass (CUDA,
+// in training without dcoeff).
 template <typename acc_t>
 struct FinalizeBackward {
   const acc_t *w, *dy_sum, *dy_x_sum, *mean, *invstd, *gamma, *beta, *sample_mean, *sample_var;
@@ -127,40 +145,47 @@ struct FinalizeBackward {
   acc_t pixels, eps;
   bool training;
 
+  // Summed over the samples b: bank k's dgamma (g), dbeta (bsum) and weight.
+  C10_HOST_DEVICE void add_sums(int64_t b, int64_t k, int64_t c, acc_t& g, acc_t& bsum, acc_t& weight) const {
+    const int64_t kc = k * channels + c, bc = b * channels + c;
+    const acc_t wk = w[b * banks + k];
+    g += wk * invstd[kc] * (dy_x_sum[bc] - mean[kc] * dy_sum[bc]);
+    bsum += wk * dy_sum[bc];
+    weight += wk;
+  }
+  // Bank k's share of sample b's dx map at c, from its sums; and its share of dcoeff[b, k] (d non-null).
+  C10_HOST_DEVICE void add_bank(int64_t b, int64_t k, int64_t c, acc_t g, acc_t bsum, acc_t weight, acc_t& a,
+                                acc_t& cx, acc_t& c0, acc_t* d) const {
+    const int64_t kc = k * channels + c, bc = b * channels + c;
+    const acc_t wk = w[b * banks + k];
+    const bool batch_stats = training && weight != acc_t(0);
+    const acc_t per_count = batch_stats ? acc_t(1) / (weight * pixels) : acc_t(0);
+    a += wk * gamma[kc] * invstd[kc];
+    cx -= wk * per_count * invstd[kc] * invstd[kc] * gamma[kc] * g;
+    c0 -= wk * per_count * invstd[kc] * gamma[kc] * (bsum - mean[kc] * invstd[kc] * g);
+    if (d) {
+      *d = coeff_grad_share(invstd[kc], gamma[kc], beta[kc], mean[kc], dy_sum[bc], dy_x_sum[bc]);
+      if (batch_stats) {
+        const acc_t var = acc_t(1) / (invstd[kc] * invstd[kc]) - eps;
+        const acc_t dmean = -invstd[kc] * gamma[kc] * bsum;
+        const acc_t dvar = acc_t(-0.5) * invstd[kc] * invstd[kc] * gamma[kc] * g;
+        const acc_t shift_b = sample_mean[bc] - mean[kc];
+        *d += per_count * pixels * (dmean * shift_b + dvar * (sample_var[bc] + shift_b * shift_b - var));
+      }
+    }
+  }
+
   C10_HOST_DEVICE void operator()(int64_t c) const {
     for (int64_t b = 0; b < batch; ++b) scale_dy[b * channels + c] = scale_x[b * channels + c] = shift[b * channels + c] = 0;
     for (int64_t k = 0; k < banks; ++k) {
-      const int64_t kc = k * channels + c;
       acc_t g = 0, bsum = 0, weight = 0;
+      for (int64_t b = 0; b < batch; ++b) add_sums(b, k, c, g, bsum, weight);
+      dgamma[k * channels + c] = g;
+      dbeta[k * channels + c] = bsum;
       for (int64_t b = 0; b < batch; ++b) {
         const int64_t bc = b * channels + c;
-        const acc_t wk = w[b * banks + k];
-        g += wk * invstd[kc] * (dy_x_sum[bc] - mean[kc] * dy_sum[bc]);
-        bsum += wk * dy_sum[bc];
-        weight += wk;
-      }
-      dgamma[kc] = g;
-      dbeta[kc] = bsum;
-      // Banks on batch statistics: the gradients through their mean and variance.
-      const bool batch_stats = training && weight != acc_t(0);
-      const acc_t per_count = batch_stats ? acc_t(1) / (weight * pixels) : acc_t(0);
-      const acc_t var = acc_t(1) / (invstd[kc] * invstd[kc]) - eps;
-      const acc_t dmean = -invstd[kc] * gamma[kc] * bsum;
-      const acc_t dvar = acc_t(-0.5) * invstd[kc] * invstd[kc] * gamma[kc] * g;
-      for (int64_t b = 0; b < batch; ++b) {
-        const int64_t bc = b * channels + c;
-        const acc_t wk = w[b * banks + k];
-        scale_dy[bc] += wk * gamma[kc] * invstd[kc];
-        scale_x[bc] -= wk * per_count * invstd[kc] * invstd[kc] * gamma[kc] * g;
-        shift[bc] -= wk * per_count * invstd[kc] * gamma[kc] * (bsum - mean[kc] * invstd[kc] * g);
-        if (dcoeff_c) {
-          acc_t d = coeff_grad_share(invstd[kc], gamma[kc], beta[kc], mean[kc], dy_sum[bc], dy_x_sum[bc]);
-          if (batch_stats) {
-            const acc_t shift_b = sample_mean[bc] - mean[kc];
-            d += per_count * pixels * (dmean * shift_b + dvar * (sample_var[bc] + shift_b * shift_b - var));
-          }
-          dcoeff_c[(b * banks + k) * channels + c] = d;
-        }
+        add_bank(b, k, c, g, bsum, weight, scale_dy[bc], scale_x[bc], shift[bc],
+                 dcoeff_c ? dcoeff_c + (b * banks + k) * channels + c : nullptr);
       }
     }
   }

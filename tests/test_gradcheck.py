@@ -38,9 +38,10 @@ def test_aw_conv2d_gradcheck(backend, shapes, level, conv_args):
 
 
 @pytest.mark.parametrize("banks", [1, 2])
-@pytest.mark.parametrize("mode", ["train", "eval", "attack"])  # attack: eval, gradients for x and coeff only
+# attack: eval, gradients for x and coeff only; update: training, no coefficient gradient (a forced route)
+@pytest.mark.parametrize("mode", ["train", "eval", "attack", "update"])
 def test_mix_batch_norm_gradcheck(backend, mode, banks):
-    training = mode == "train"
+    training = mode in ("train", "update")
     torch.manual_seed(0)
     channels = 3
     x = 0.5 + 2 * torch.randn(2, channels, 3, 3, dtype=F64)
@@ -48,7 +49,9 @@ def test_mix_batch_norm_gradcheck(backend, mode, banks):
     coeff = 0.5 + 0.5 * torch.rand(2, banks, dtype=F64)
     weight = 1 + 0.3 * torch.randn(banks, channels, dtype=F64)
     bias = 0.2 * torch.randn(banks, channels, dtype=F64)
-    inputs = [t.to(backend.device).requires_grad_(mode != "attack" or i < 2) for i, t in enumerate((x, coeff, weight, bias))]
+    wrt = {"attack": ("x", "coeff"), "update": ("x", "weight", "bias")}.get(mode, ("x", "coeff", "weight", "bias"))
+    inputs = [t.to(backend.device).requires_grad_(name in wrt)
+              for name, t in zip(("x", "coeff", "weight", "bias"), (x, coeff, weight, bias))]
     running_mean = (0.5 * torch.randn(banks, channels, dtype=F64)).to(backend.device)
     running_var = (0.5 + torch.rand(banks, channels, dtype=F64)).to(backend.device)
 

@@ -41,33 +41,34 @@ def mixbn_inputs(layout: str, banks: int = 2):
     return x.requires_grad_(), coeff.requires_grad_(), [p.requires_grad_() for p in params], stats
 
 
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+# What one MixBN call launches, by (training, the gradients asked): its passes over the pixels, and a finalize
+# kernel of its own only for the coefficient gradient in training (a sum over the channels) and for the
+# parameter gradients in eval.
+MIXBN_KERNELS = {
+    (True, "all"): (["bn_moments", "bn_train_forward"], ["bn_grad_sums", "bn_finalize_backward", "bn_grad_input"]),
+    (True, "no coeff"): (["bn_moments", "bn_train_forward"], ["bn_grad_sums", "bn_train_grad_input"]),
+    (False, "all"): (["bn_eval_forward"], ["bn_eval_grad", "bn_finalize_backward"]),
+    (False, "x and coeff"): (["bn_eval_forward"], ["bn_eval_grad"]),  # every attack step
+}
+
+
+@pytest.mark.parametrize("training,grads", MIXBN_KERNELS, ids=lambda v: str(v))
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_mix_batch_norm_three_kernels_per_direction(training, layout):
+def test_mix_batch_norm_kernels_per_direction(training, grads, layout):
+    """Two passes each way in training (a forced route: the update step), one each way in an attack step."""
     x, coeff, (weight, bias), (mean, var) = mixbn_inputs(layout)
+    wrt = {"all": (x, coeff, weight, bias), "no coeff": (x, weight, bias), "x and coeff": (x, coeff)}[grads]
+    for t in (coeff, weight, bias):
+        t.requires_grad_(any(t is w for w in wrt))
     with awkernels.use_backend("cpp"):
         out = []
         forward = kernels(lambda: out.append(
             awkernels.mix_batch_norm(x, coeff, weight, bias, mean, var, training, 0.1, 1e-5)))
         grad = torch.randn_like(out[0])
-        backward = kernels(lambda: torch.autograd.grad(out[0], (x, coeff, weight, bias), grad))
-    assert len(forward) <= 3, forward
-    assert len(backward) <= 3, backward
-
-
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_mix_batch_norm_in_an_attack_step_is_one_kernel_each_way(layout):
-    """Eval with gradients for x and the coefficients only (every attack step): one pass each way."""
-    x, coeff, (weight, bias), (mean, var) = mixbn_inputs(layout)
-    weight.requires_grad_(False), bias.requires_grad_(False)
-    with awkernels.use_backend("cpp"):
-        out = []
-        forward = kernels(lambda: out.append(
-            awkernels.mix_batch_norm(x, coeff, weight, bias, mean, var, False, 0.1, 1e-5)))
-        grad = torch.randn_like(out[0])
-        backward = kernels(lambda: torch.autograd.grad(out[0], (x, coeff), grad))
-    assert forward == ["awnet::cpu::bn_eval_forward"], forward
-    assert backward == ["awnet::cpu::bn_eval_grad"], backward
+        backward = kernels(lambda: torch.autograd.grad(out[0], wrt, grad))
+    expected_forward, expected_backward = MIXBN_KERNELS[training, grads]
+    assert forward == [f"awnet::cpu::{name}" for name in expected_forward], forward
+    assert backward == [f"awnet::cpu::{name}" for name in expected_backward], backward
 
 
 def test_budget_counts_work():

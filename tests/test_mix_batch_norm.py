@@ -96,6 +96,14 @@ CASES = [
            layout="channels_last", wrt=("x", "coeff")),
     BNCase("attack-K2-soft-5000-channels", False, batch=4, channels=5000, size=(2, 2), wrt=("x", "coeff")),
     BNCase("attack-K2-soft-coeff-only", False, wrt=("coeff",)),
+    # The update step (a forced route, no coefficient gradient): the dx pass makes its finalize itself.
+    BNCase("update-K2-hard", True, coeff="hard", wrt=("x",) + PARAMS),
+    BNCase("update-K3-soft-zero-bank-f64", True, banks=3, coeff="soft-zero-bank", dtype=F64, wrt=("x",) + PARAMS),
+    BNCase("update-batch1-K2-soft", True, batch=1, wrt=("x",) + PARAMS),
+    BNCase("update-K2-hard-large-channels_last", True, coeff="hard", batch=8, channels=40, size=(24, 24),
+           layout="channels_last", wrt=("x",) + PARAMS),
+    BNCase("update-K2-soft-5000-channels", True, batch=4, channels=5000, size=(2, 2), wrt=("x",) + PARAMS),
+    BNCase("update-K2-soft-x-only-noncontiguous", True, layout="noncontiguous", wrt=("x",)),
 ]
 
 

@@ -175,21 +175,58 @@ const acc_t* ptr_or_null(const Tensor& t) {
 
 }  // namespace
 
-void bn_finalize(const Tensor& w, const Tensor& sample_mean, const Tensor& sample_var, const Tensor& gamma,
-                 const Tensor& beta, Tensor& running_mean, Tensor& running_var, bool training, double momentum,
-                 double eps, int64_t pixels, Tensor& mean, Tensor& invstd, Tensor& scale, Tensor& shift) {
-  RECORD_FUNCTION("awnet::cpu::bn_finalize", std::vector<c10::IValue>());
-  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "awnet_bn_finalize_cpu", [&] {
-    const FinalizeForward<scalar_t> step{
-        w.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(sample_mean), ptr_or_null<scalar_t>(sample_var),
-        gamma.data_ptr<scalar_t>(), beta.data_ptr<scalar_t>(), running_mean.data_ptr<scalar_t>(),
-        running_var.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>(),
-        scale.data_ptr<scalar_t>(), shift.data_ptr<scalar_t>(), w.size(0), w.size(1), gamma.size(1),
-        static_cast<scalar_t>(pixels), static_cast<scalar_t>(momentum), static_cast<scalar_t>(eps), training};
-    at::parallel_for(0, gamma.size(1), grain(w.size(0) * w.size(1)), [&](int64_t begin, int64_t end) {
+Tensor bn_train_forward(const Tensor& x, const Tensor& w, const Tensor& sample_mean, const Tensor& sample_var,
+                        const Tensor& gamma, const Tensor& beta, Tensor& running_mean, Tensor& running_var,
+                        double momentum, double eps, Tensor& mean, Tensor& invstd) {
+  RECORD_FUNCTION("awnet::cpu::bn_train_forward", std::vector<c10::IValue>());
+  const auto dense_x = x.contiguous(x.suggest_memory_format());
+  auto y = at::empty_like(dense_x);
+  const auto batch = x.size(0), channels = x.size(1), pixels = x.size(2) * x.size(3);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "awnet_bn_train_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    std::vector<acc_t> scale(batch * channels), shift(batch * channels);
+    const FinalizeForward<acc_t> step{
+        w.data_ptr<acc_t>(), sample_mean.data_ptr<acc_t>(), sample_var.data_ptr<acc_t>(), gamma.data_ptr<acc_t>(),
+        beta.data_ptr<acc_t>(), running_mean.data_ptr<acc_t>(), running_var.data_ptr<acc_t>(),
+        mean.data_ptr<acc_t>(), invstd.data_ptr<acc_t>(), scale.data(), shift.data(), batch, w.size(1), channels,
+        static_cast<acc_t>(pixels), static_cast<acc_t>(momentum), static_cast<acc_t>(eps)};
+    // The finalize over the channels, then the output pass.
+    at::parallel_for(0, channels, grain(batch * w.size(1)), [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) step(c);
     });
+    per_channel_map(dense_x.data_ptr<scalar_t>(), static_cast<const scalar_t*>(nullptr), scale.data(),
+                    static_cast<const acc_t*>(nullptr), shift.data(), y.data_ptr<scalar_t>(), batch, channels, pixels,
+                    channels_last(x));
   });
+  return y;
+}
+
+Tensor bn_train_grad_input(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& dy_sum,
+                           const Tensor& dy_x_sum, const Tensor& mean, const Tensor& invstd, const Tensor& gamma,
+                           const Tensor& beta, const Tensor& sample_mean, const Tensor& sample_var, double eps,
+                           Tensor& dgamma, Tensor& dbeta) {
+  RECORD_FUNCTION("awnet::cpu::bn_train_grad_input", std::vector<c10::IValue>());
+  const auto format = x.suggest_memory_format();
+  const auto dense_dy = dy.contiguous(format), dense_x = x.contiguous(format);
+  auto dx = at::empty_like(dense_x);
+  const auto batch = x.size(0), channels = x.size(1), pixels = x.size(2) * x.size(3);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "awnet_bn_train_grad_input_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    std::vector<acc_t> scale_dy(batch * channels), scale_x(batch * channels), shift(batch * channels);
+    const FinalizeBackward<acc_t> step{
+        w.data_ptr<acc_t>(), dy_sum.data_ptr<acc_t>(), dy_x_sum.data_ptr<acc_t>(), mean.data_ptr<acc_t>(),
+        invstd.data_ptr<acc_t>(), gamma.data_ptr<acc_t>(), beta.data_ptr<acc_t>(), sample_mean.data_ptr<acc_t>(),
+        sample_var.data_ptr<acc_t>(), dgamma.data_ptr<acc_t>(), dbeta.data_ptr<acc_t>(), nullptr, scale_dy.data(),
+        scale_x.data(), shift.data(), batch, w.size(1), channels, static_cast<acc_t>(pixels),
+        static_cast<acc_t>(eps), true};
+    // The backward finalize over the channels, then the dx pass.
+    at::parallel_for(0, channels, grain(batch * w.size(1)), [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) step(c);
+    });
+    per_channel_map(dense_dy.data_ptr<scalar_t>(), dense_x.data_ptr<scalar_t>(), scale_dy.data(), scale_x.data(),
+                    shift.data(), dx.data_ptr<scalar_t>(), batch, channels, pixels, channels_last(x));
+  });
+  return dx;
 }
 
 void bn_finalize_backward(const Tensor& w, const Tensor& dy_sum, const Tensor& dy_x_sum, const Tensor& mean,

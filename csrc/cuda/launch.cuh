@@ -75,4 +75,13 @@ __device__ acc_t sum_pixel_lanes(acc_t value, acc_t* shared, const PixelTile& ti
   return total;
 }
 
+// Sums `value` over the sample lanes of one warp whose 32 threads are (channel lane, sample lane) with the
+// channel lane fastest (32 / lanes sample lanes), in a fixed order; every lane gets its channel's total. All
+// 32 threads of the warp must call it.
+template <typename acc_t>
+__device__ acc_t sum_sample_lanes(acc_t value, const PixelTile& tile) {
+  for (int offset = 16; offset >= tile.lanes; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
+  return value;
+}
+
 }  // namespace awnet::cuda

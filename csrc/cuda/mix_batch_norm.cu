@@ -1,7 +1,8 @@
-// CUDA passes of MixBN (awnet.h states them): the finalize steps of mix_batch_norm_finalize.h, a thread
-// per channel, and the backward's passes, each one read of the (B, C, H, W) tensors where ATen needs two
-// or three: the per-(sample, channel) sums of dy and dy * x, and dx = scale_dy * dy + scale_x * x + shift;
-// in eval, one pass each way.
+// CUDA passes of MixBN (awnet.h states them), each one read of the (B, C, H, W) tensors where ATen needs two
+// or three: the per-(sample, channel) sums of dy and dy * x, and the output and dx passes, which in training
+// compute the finalize steps of mix_batch_norm_finalize.h themselves (a block's first warp sums its channels'
+// terms over the samples); the backward finalize with the coefficient gradient is a kernel of its own (a thread per
+// channel). In eval, one pass each way.
 #include "../awnet.h"
 #include "../mix_batch_norm_finalize.h"
 #include "launch.cuh"
@@ -115,6 +116,93 @@ __global__ void eval_grad_kernel(const scalar_t* dy, const scalar_t* x, EvalMap<
   }
 }
 
+// Training, the output pass with the finalize in it, one block per (sample, tile of channels): the block's
+// first warp computes the map of its sample at its channels, its threads summing each bank's terms over the
+// samples (warp shuffles, no block barrier per sum: the samples are few next to the pixels), and the first
+// sample's blocks write the bank and running statistics; then every thread applies the map.
+template <typename scalar_t, typename acc_t>
+__global__ void train_forward_kernel(const scalar_t* x, FinalizeForward<acc_t> step, scalar_t* y, int64_t pixels,
+                                     bool channels_last, PixelTile tile) {
+  __shared__ acc_t map_scale[32], map_shift[32];  // per channel lane
+  const int64_t channels = step.channels;
+  const int64_t b = tile.sample(channels), c = tile.channel(channels);
+  if (threadIdx.x < 32) {
+    const bool active = c < channels;
+    const int sample_lane = threadIdx.x / tile.lanes, sample_lanes = 32 / tile.lanes;
+    acc_t scale = 0, shift = 0;
+    for (int64_t k = 0; k < step.banks; ++k) {
+      acc_t weight = 0, mean_sum = 0, var_sum = 0;
+      for (int64_t s = sample_lane; active && s < step.batch; s += sample_lanes) {
+        weight += step.weight_term(s, k);
+        mean_sum += step.mean_term(s, k, c);
+      }
+      weight = sum_sample_lanes(weight, tile);
+      mean_sum = sum_sample_lanes(mean_sum, tile);
+      const int64_t kc = k * channels + c;
+      const acc_t m = active ? step.bank_mean(kc, weight, mean_sum) : acc_t(0);
+      for (int64_t s = sample_lane; active && s < step.batch; s += sample_lanes) var_sum += step.var_term(s, k, c, m);
+      var_sum = sum_sample_lanes(var_sum, tile);
+      if (!active) continue;
+      const acc_t v = step.bank_var(kc, weight, var_sum);
+      if (b == 0 && sample_lane == 0) step.store(kc, weight, m, v);
+      step.add_bank(b, kc, k, m, inverse_sqrt(v + step.eps), scale, shift);
+    }
+    if (sample_lane == 0) {
+      map_scale[threadIdx.x] = scale;
+      map_shift[threadIdx.x] = shift;
+    }
+  }
+  __syncthreads();
+  if (c >= channels) return;
+  const acc_t scale = map_scale[threadIdx.x % tile.lanes], shift = map_shift[threadIdx.x % tile.lanes];
+  for (int64_t p = tile.pixel_lane(); p < pixels; p += tile.pixel_lanes()) {
+    const int64_t i = offset(b, c, p, channels, pixels, channels_last);
+    y[i] = static_cast<scalar_t>(scale * static_cast<acc_t>(x[i]) + shift);
+  }
+}
+
+// Training, the dx pass with the backward finalize in it (no coefficient gradient), blocks as above: the first
+// warp sums each bank's dgamma, dbeta and weight over the samples and makes its sample's dx map, the first
+// sample's blocks write dgamma and dbeta, then every thread applies the map.
+template <typename scalar_t, typename acc_t>
+__global__ void train_grad_input_kernel(const scalar_t* dy, const scalar_t* x, FinalizeBackward<acc_t> step,
+                                        scalar_t* dx, int64_t pixels, bool channels_last, PixelTile tile) {
+  __shared__ acc_t map_dy[32], map_x[32], map_shift[32];  // per channel lane
+  const int64_t channels = step.channels;
+  const int64_t b = tile.sample(channels), c = tile.channel(channels);
+  if (threadIdx.x < 32) {
+    const bool active = c < channels;
+    const int sample_lane = threadIdx.x / tile.lanes, sample_lanes = 32 / tile.lanes;
+    acc_t a = 0, cx = 0, c0 = 0;
+    for (int64_t k = 0; k < step.banks; ++k) {
+      acc_t g = 0, bsum = 0, weight = 0;
+      for (int64_t s = sample_lane; active && s < step.batch; s += sample_lanes) step.add_sums(s, k, c, g, bsum, weight);
+      g = sum_sample_lanes(g, tile);
+      bsum = sum_sample_lanes(bsum, tile);
+      weight = sum_sample_lanes(weight, tile);
+      if (!active) continue;
+      if (b == 0 && sample_lane == 0) {
+        step.dgamma[k * channels + c] = g;
+        step.dbeta[k * channels + c] = bsum;
+      }
+      step.add_bank(b, k, c, g, bsum, weight, a, cx, c0, nullptr);
+    }
+    if (sample_lane == 0) {
+      map_dy[threadIdx.x] = a;
+      map_x[threadIdx.x] = cx;
+      map_shift[threadIdx.x] = c0;
+    }
+  }
+  __syncthreads();
+  if (c >= channels) return;
+  const int lane = threadIdx.x % tile.lanes;
+  const acc_t a = map_dy[lane], cx = map_x[lane], c0 = map_shift[lane];
+  for (int64_t p = tile.pixel_lane(); p < pixels; p += tile.pixel_lanes()) {
+    const int64_t i = offset(b, c, p, channels, pixels, channels_last);
+    dx[i] = static_cast<scalar_t>(a * static_cast<acc_t>(dy[i]) + cx * static_cast<acc_t>(x[i]) + c0);
+  }
+}
+
 // dy and x dense in x's suggested memory format, the layout the kernels walk (a copy only when they are not).
 struct Dense {
   Tensor dy, x;
@@ -128,23 +216,63 @@ Dense dense(const Tensor& dy, const Tensor& x) {
 
 }  // namespace
 
-void bn_finalize(const Tensor& w, const Tensor& sample_mean, const Tensor& sample_var, const Tensor& gamma,
-                 const Tensor& beta, Tensor& running_mean, Tensor& running_var, bool training, double momentum,
-                 double eps, int64_t pixels, Tensor& mean, Tensor& invstd, Tensor& scale, Tensor& shift) {
-  const c10::cuda::CUDAGuard guard(w.device());
-  const auto channels = gamma.size(1);
-  if (channels == 0) return;
-  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "awnet_bn_finalize_cuda", [&] {
-    const FinalizeForward<scalar_t> step{
-        w.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(sample_mean), ptr_or_null<scalar_t>(sample_var),
-        gamma.data_ptr<scalar_t>(), beta.data_ptr<scalar_t>(), running_mean.data_ptr<scalar_t>(),
-        running_var.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>(),
-        scale.data_ptr<scalar_t>(), shift.data_ptr<scalar_t>(), w.size(0), w.size(1), channels,
-        static_cast<scalar_t>(pixels), static_cast<scalar_t>(momentum), static_cast<scalar_t>(eps), training};
-    per_channel_kernel<<<grid_stride_blocks(channels), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(step,
-                                                                                                     channels);
+Tensor bn_train_forward(const Tensor& x, const Tensor& w, const Tensor& sample_mean, const Tensor& sample_var,
+                        const Tensor& gamma, const Tensor& beta, Tensor& running_mean, Tensor& running_var,
+                        double momentum, double eps, Tensor& mean, Tensor& invstd) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto format = x.suggest_memory_format();
+  const auto dense_x = x.contiguous(format);
+  auto y = at::empty_like(dense_x);
+  const auto batch = x.size(0), channels = x.size(1);
+  if (batch * channels == 0) {  // no block would write the statistics: the running ones
+    mean.copy_(running_mean);
+    invstd.copy_(at::rsqrt(running_var.add(eps)));
+    return y;
+  }
+  const auto tile = PixelTile::for_layout(format == at::MemoryFormat::ChannelsLast);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "awnet_bn_train_forward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const FinalizeForward<acc_t> step{
+        w.data_ptr<acc_t>(), sample_mean.data_ptr<acc_t>(), sample_var.data_ptr<acc_t>(), gamma.data_ptr<acc_t>(),
+        beta.data_ptr<acc_t>(), running_mean.data_ptr<acc_t>(), running_var.data_ptr<acc_t>(),
+        mean.data_ptr<acc_t>(), invstd.data_ptr<acc_t>(), nullptr, nullptr, batch, w.size(1), channels,
+        static_cast<acc_t>(x.size(2) * x.size(3)), static_cast<acc_t>(momentum), static_cast<acc_t>(eps)};
+    train_forward_kernel<<<tile.blocks(batch, channels), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        dense_x.data_ptr<scalar_t>(), step, y.data_ptr<scalar_t>(), x.size(2) * x.size(3),
+        format == at::MemoryFormat::ChannelsLast, tile);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+  return y;
+}
+
+Tensor bn_train_grad_input(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& dy_sum,
+                           const Tensor& dy_x_sum, const Tensor& mean, const Tensor& invstd, const Tensor& gamma,
+                           const Tensor& beta, const Tensor& sample_mean, const Tensor& sample_var, double eps,
+                           Tensor& dgamma, Tensor& dbeta) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto in = dense(dy, x);
+  auto dx = at::empty_like(in.x);
+  const auto batch = x.size(0), channels = x.size(1);
+  if (batch == 0 || channels == 0) {
+    dgamma.zero_();
+    dbeta.zero_();
+    return dx;
+  }
+  const auto tile = PixelTile::for_layout(in.channels_last);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "awnet_bn_train_grad_input_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const FinalizeBackward<acc_t> step{
+        w.data_ptr<acc_t>(), dy_sum.data_ptr<acc_t>(), dy_x_sum.data_ptr<acc_t>(), mean.data_ptr<acc_t>(),
+        invstd.data_ptr<acc_t>(), gamma.data_ptr<acc_t>(), beta.data_ptr<acc_t>(), sample_mean.data_ptr<acc_t>(),
+        sample_var.data_ptr<acc_t>(), dgamma.data_ptr<acc_t>(), dbeta.data_ptr<acc_t>(), nullptr, nullptr, nullptr,
+        nullptr, batch, w.size(1), channels, static_cast<acc_t>(x.size(2) * x.size(3)), static_cast<acc_t>(eps),
+        true};
+    train_grad_input_kernel<<<tile.blocks(batch, channels), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        in.dy.data_ptr<scalar_t>(), in.x.data_ptr<scalar_t>(), step, dx.data_ptr<scalar_t>(), x.size(2) * x.size(3),
+        in.channels_last, tile);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return dx;
 }
 
 void bn_finalize_backward(const Tensor& w, const Tensor& dy_sum, const Tensor& dy_x_sum, const Tensor& mean,
