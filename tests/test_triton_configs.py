@@ -102,21 +102,43 @@ COVERED = [(kind, cfg) for kind in ("forward", "input_grad", "input_grad.ieee", 
            for cfg in CANDIDATES[kind]]
 
 
-@pytest.mark.parametrize("kind,config", COVERED, ids=[f"{k}-{c.block_m}x{c.block_n}x{c.block_k}-s{c.num_stages}-"
-                                                      f"p{c.samples_per_program}" for k, c in COVERED])
-def test_every_configuration_on_a_shape_larger_than_its_tiles(kind, config):
+def _check_on_covering_shape(kind: str, config, dtype: torch.dtype, layout: str) -> None:
     batch, c_in, c_out, side = covering_shape(kind.removesuffix(".ieee"), config)
     shape = (batch, c_in, c_out, side, side, 2, 3, (1, 1), (1, 1), (1, 1), True)
-    (x, weight, coeff, bias, grad_y), geometry, y, expected = _case(shape, torch.float32)
+    (x, weight, coeff, bias, grad_y), geometry, y, expected = _case(shape, dtype)
+    if layout == "channels_last":
+        x, grad_y = (t.contiguous(memory_format=torch.channels_last) for t in (x, grad_y))
+    tol = TOLERANCE[dtype]
     if kind == "forward":
-        assert_close(kernels.forward(x, weight, coeff, bias, *geometry, config=config), y, TOLERANCE[torch.float32],
-                     "y")
+        assert_close(kernels.forward(x, weight, coeff, bias, *geometry, config=config), y, tol, "y")
     elif kind.startswith("input_grad"):
-        dx = kernels.input_grad(grad_y, x, weight, coeff, *geometry, config=config)
-        assert_close(dx, expected["x"], TOLERANCE[torch.float32], "dx")
+        assert_close(kernels.input_grad(grad_y, x, weight, coeff, *geometry, config=config), expected["x"], tol, "dx")
     else:
         assert config.batch_splits(batch) == 2
         dweight, da = kernels.weight_coeff_grad(grad_y, x, weight, coeff, *geometry, True, True, config=config)
-        assert_close(dweight, expected["weight"], TOLERANCE[torch.float32], "dweight")
+        assert_close(dweight, expected["weight"], tol, "dweight")
         da = da + bias.to(da.dtype)[None] * grad_y.sum((2, 3), dtype=da.dtype)[:, None]
-        assert_close(da, expected["coeff"], TOLERANCE[torch.float32], "dcoeff")
+        assert_close(da, expected["coeff"], tol, "dcoeff")
+
+
+def _config_id(kind: str, config) -> str:
+    return f"{kind}-{config.block_m}x{config.block_n}x{config.block_k}-s{config.num_stages}-p{config.samples_per_program}"
+
+
+@pytest.mark.parametrize("kind,config", COVERED, ids=[_config_id(k, c) for k, c in COVERED])
+def test_every_configuration_on_a_shape_larger_than_its_tiles(kind, config):
+    _check_on_covering_shape(kind, config, torch.float32, "contiguous")
+
+
+# The layouts and dtypes that test leaves out, on each kernel's first configuration (its default): the tile
+# joins with channels_last strides, and with half-precision loads and stores.
+LAYOUTS = [(kind, CANDIDATES[kind][0], layout, dtype) for kind in ("forward", "input_grad", "weight_grad")
+           if CANDIDATES[kind]
+           for layout, dtype in (("channels_last", torch.float32), ("contiguous", torch.float16),
+                                 ("channels_last", torch.bfloat16))]
+
+
+@pytest.mark.parametrize("kind,config,layout,dtype", LAYOUTS,
+                         ids=[f"{_config_id(k, c)}-{layout}-{str(d).removeprefix('torch.')}" for k, c, layout, d in LAYOUTS])
+def test_default_configurations_in_channels_last_and_half_precision(kind, config, layout, dtype):
+    _check_on_covering_shape(kind, config, dtype, layout)
