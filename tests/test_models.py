@@ -473,6 +473,20 @@ def test_convert_handles_arbitrary_cnns():
     assert type(static[0]) is nn.Conv2d  # the input model is left as it was
 
 
+@pytest.mark.parametrize("banks", [1, 2])
+def test_a_cnn_without_batch_norm_converts_and_trains(banks):
+    """No MixBN: the router's signals gather only the convolutions' coefficients."""
+    torch.manual_seed(0)
+    static = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 6, 3), nn.Flatten(), nn.Linear(6 * 16 * 16, 5))
+    aw = awnet.convert(static, banks=banks).train()
+    x = torch.rand(2, 3, 20, 20)
+    with torch.no_grad():
+        assert_close(aw(x, route=0), static(x), TOL, "a new router leaves the network static")
+    perturb_signal_heads(aw)
+    F.cross_entropy(aw(x), torch.tensor([1, 3])).backward()
+    assert aw.router.heads.weight.grad.abs().max() > 0
+
+
 def test_convert_refuses_what_it_cannot_reproduce():
     class MyConv(nn.Conv2d):
         pass

@@ -120,7 +120,7 @@ class Signals:
             if convs == "channels":  # chunk (B, 2, C_out) of each convolution, row-major
                 norms = len(self.norm_blocks)
                 rows[norms:] = [row.expand(-1, -1, channels) for row, channels in zip(rows[norms:], self.conv_channels)]
-            return torch.cat([row.flatten() for row in rows])
+            return torch.cat([row.flatten() for row in rows]) if rows else torch.zeros(0, dtype=torch.long, device=device)
 
         gathered = mix.take(self._layout(("mix", batch, convs, device), build))
         # One split (its backward is one cat) into every layer's piece.
@@ -128,7 +128,9 @@ class Signals:
         if convs == "channels":
             *pieces, chunks = gathered.split([row] * norms + [gathered.numel() - norms * row])
             return [piece.view(batch, types) for piece in pieces], chunks
-        pieces = [piece.view(batch, types) for piece in gathered.split(row)] if row else [gathered.view(batch, types)] * len(layers)
+        if not layers:
+            return [], []
+        pieces = [piece.view(batch, types) for piece in gathered.split(row)] if row else [gathered.view(0, types)] * len(layers)
         return pieces[:norms], pieces[norms:]
 
     def _omega_layout(self, batch: int, device: torch.device) -> torch.Tensor:
