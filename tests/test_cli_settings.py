@@ -22,7 +22,7 @@ TRAIN_VALUES = {
     "init": "init.safetensors", "init_clean": "init_clean.safetensors", "mtard_lr": 0.1, "temperature": 2.0,
     "type_weight": 0.5, "evasion_fraction": 0.25, "evasion_weight": 2.0, "deployed_weight": 1.5, "banks": 2,
     "omega": False, "router_width": 32, "n_train": 200, "val_n": 20, "val_steps": 2, "seed": 7, "amp": False,
-    "device": "cpu", "progress": False, "compile": "aot_eager", "resume": True,
+    "device": "cpu", "progress": False, "compile": "aot_eager", "cuda_graph": True, "resume": True,
 }
 REPRODUCE_VALUES = {
     "dataset": "fashion-mnist", "out": "{out}", "data_dir": "data", "model": "resnet18", "standard_epochs": 2,

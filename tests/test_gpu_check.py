@@ -20,7 +20,7 @@ SCRIPT = os.path.join(REPO_ROOT, "scripts", "gpu-check")
 PARITY = [f"parity-{backend}-{dtype}" for backend in ("triton", "cuda")
           for dtype in ("float32", "tf32", "float16", "bfloat16")]
 STEPS = ["environment", "install", "bench-conv", "bench-mixbn", "bench-train-step", "bench-report", *PARITY,
-         "sanitizer", "step-memory"]
+         "graph-step", "sanitizer", "step-memory"]
 
 
 def _gpu_check() -> dict:

@@ -21,7 +21,7 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
-from .core import Objective, cross_entropy
+from .core import Objective, Radius, cross_entropy
 from .pgd import pgd
 
 
@@ -63,7 +63,7 @@ def router_evasion_objective(weight: float = 1.0) -> Objective:
 
 
 def router_evasion(
-    model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha: float, steps: int, weight: float = 1.0,
+    model: nn.Module, x: Tensor, y: Tensor, eps: Radius, alpha: Radius, steps: int, weight: float = 1.0,
     norm: str = "linf", random_start: bool = True, restarts: int = 1,
 ) -> Tensor:
     """PGD on the router-evasion objective (see `router_evasion_objective`)."""

@@ -19,17 +19,21 @@ Objective = Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, Tensor]]
 """`(model, x_adv, y) -> (loss, logits)`: the (B,) loss an attack maximises and the logits that decide
 whether a sample is already misclassified."""
 
+Radius = Union[float, Tensor]
+"""An eps or a step size: a number, or a 0-dim tensor on the attack's device (what a CUDA graph replays with
+a new value each step, `awnet.train.graph`)."""
 
-def step_size(eps: float, steps: int) -> float:
+
+def step_size(eps: Radius, steps: int) -> Radius:
     """PGD's step for `steps` steps in an eps-ball: 2.5 eps / steps (Madry et al., arXiv 1706.06083), so that
     the steps can cross the ball and come back after the projection clips them."""
     return 2.5 * eps / steps
 
 
-def check_args(x: Tensor, y: Tensor, eps: float, norm: str) -> None:
+def check_args(x: Tensor, y: Tensor, eps: Radius, norm: str) -> None:
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if eps < 0:
+    if not torch.is_tensor(eps) and eps < 0:  # a tensor's value is the caller's to check: reading it waits
         raise ValueError(f"eps must be >= 0, got {eps}")
     if x.dim() < 2 or y.shape != x.shape[:1]:
         raise ValueError(f"x must be (B, ...) and y (B,), got x {tuple(x.shape)} and y {tuple(y.shape)}")
@@ -44,7 +48,7 @@ def _l2(t: Tensor) -> Tensor:
     return expand(t.flatten(1).norm(dim=1), t)
 
 
-def project(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
+def project(x_adv: Tensor, x: Tensor, eps: Radius, norm: str) -> Tensor:
     """Pull `x_adv` into the eps-ball around `x`, then into [0, 1].
 
     For Linf this is the exact projection onto the intersection (both sets are boxes). For L2 the box clamp
@@ -58,16 +62,18 @@ def project(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
     return (x + delta).clamp(0.0, 1.0)
 
 
-def ascent_step(x_adv: Tensor, grad: Tensor, size: Tensor | float, norm: str) -> Tensor:
+def ascent_step(x_adv: Tensor, grad: Tensor, size: Radius, norm: str) -> Tensor:
     """One steepest-ascent step of the norm's unit ball: the gradient's sign (Linf) or direction (L2)."""
     if norm == "linf":
         return x_adv + size * grad.sign()
     return x_adv + size * grad / _l2(grad).clamp_min(1e-12)
 
 
-def random_start(x: Tensor, eps: float, norm: str) -> Tensor:
+def random_start(x: Tensor, eps: Radius, norm: str) -> Tensor:
     """A random point of the eps-ball around `x` (uniform for Linf; uniform direction and radius for L2)."""
-    if norm == "linf":
+    if norm == "linf" and torch.is_tensor(eps):
+        delta = torch.empty_like(x).uniform_(-1, 1) * eps
+    elif norm == "linf":
         delta = torch.empty_like(x).uniform_(-eps, eps)
     else:
         delta = torch.randn_like(x)

@@ -16,8 +16,8 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
-from .core import (Objective, ascent_step, best_of_restarts, check_args, expand, input_grad, objective_of, project,
-                   track_fooling)
+from .core import (Objective, Radius, ascent_step, best_of_restarts, check_args, expand, input_grad, objective_of,
+                   project, track_fooling)
 from .core import random_start as random_point
 
 
@@ -25,8 +25,8 @@ def pgd(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
-    eps: float,
-    alpha: float,
+    eps: Radius,
+    alpha: Radius,
     steps: int,
     norm: str = "linf",
     random_start: bool = True,
@@ -37,7 +37,8 @@ def pgd(
 
     Args:
         model: any classifier taking (B, ...) images in [0, 1]; run in the mode the caller left it in.
-        alpha: step size (Linf: per pixel; L2: per sample).
+        eps, alpha: the radius and the step size (Linf: per pixel; L2: per sample): numbers, or 0-dim tensors
+            on x's device that the caller has checked (a CUDA graph's inputs; reading one would wait).
         loss: "ce", "margin" (CW) or "dlr", or an objective `(model, x_adv, y) -> (loss (B,), logits)`.
     """
     check_args(x, y, eps, norm)

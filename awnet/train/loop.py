@@ -17,7 +17,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from typing import Any, Optional
 
@@ -39,6 +39,7 @@ from ..settings import (
     BANKS, FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_INT, ROUTER_WIDTH, check_settings, check_writable_dir, option,
     setting, writable_dir,
 )
+from .graph import CapturedStep
 from .recipes import ADVERSARIAL_RECIPES, AW_RECIPES, RECIPES, MTARDWeights, Recipe, RecipeContext
 from .state import MODEL, load_checkpoint, remove_stale_temporaries, save_checkpoint, write_logs
 
@@ -101,10 +102,13 @@ class TrainConfig:
                                           "(inductor if none is named; aot_eager compiles faster on CPU): the "
                                           "attacks' and the loss pass's forwards and backwards, each one graph",
                                     nargs="?", const="inductor", metavar="BACKEND")
+    cuda_graph: bool = option(False, "on a CUDA device, record the training step (attacks, loss pass, update) as "
+                                     "one CUDA graph after 3 eager steps and replay it for every later batch "
+                                     "(one process, no float16 loss scaling)")
     resume: bool = option(False, "continue the run whose checkpoint is in --out")
 
-    # Settings that change nothing a run computes (compile: up to rounding): a resume may change them.
-    COSMETIC = ("out", "progress", "device", "resume", "compile")
+    # Settings that change nothing a run computes (compile, cuda_graph: up to rounding): a resume may change them.
+    COSMETIC = ("out", "progress", "device", "resume", "compile", "cuda_graph")
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -217,11 +221,13 @@ def validate(net: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, rank:
     return row
 
 
-def _autocast(enabled: bool):
+def _autocast(enabled: bool, cache: bool = True):
+    """Mixed precision on the GPU; `cache=False` for a step being recorded into a CUDA graph, whose casts of the
+    weights must be redone at every replay, not kept from the recording."""
     if not enabled:
         return nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cuda", dtype=dtype, cache_enabled=cache)
 
 
 def train(config: TrainConfig) -> list[dict[str, Any]]:
@@ -249,6 +255,8 @@ def _train(config: TrainConfig, rank: int, world: int) -> list[dict[str, Any]]:
     else:
         device = torch.device("cpu")
     amp = config.amp and device.type == "cuda"
+    if config.cuda_graph:
+        _check_cuda_graph(config, device, amp, world)
     info = DATASETS[config.dataset]
     # The output folder and the checkpoint are checked before any data is read or any step is taken.
     if rank == 0:
@@ -279,8 +287,11 @@ def _train(config: TrainConfig, rank: int, world: int) -> list[dict[str, Any]]:
     for role in ("clean_teacher", "robust_teacher"):
         path = getattr(config, role)
         teachers[role] = None if path is None else model_files.load(path, device)
+    # On CUDA one fused kernel updates every parameter, and it reads a tensor learning rate on the device,
+    # which a replayed step needs (`GraphStep`).
+    fused = device.type == "cuda" or None
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
-                                weight_decay=config.weight_decay)
+                                weight_decay=config.weight_decay, fused=fused)
     schedule = make_schedule(optimizer, config.epochs * steps_per_epoch, config.warmup)
     scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
     mtard = MTARDWeights(config.mtard_lr)
@@ -296,6 +307,7 @@ def _train(config: TrainConfig, rank: int, world: int) -> list[dict[str, Any]]:
             saved["optimizer"] = fused_head_optimizer_state(saved["optimizer"], net)
         net.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
+        optimizer.param_groups[0]["fused"] = fused  # this device's, not the saving run's
         schedule.load_state_dict(saved["schedule"])
         scaler.load_state_dict(saved["scaler"])
         mtard.load_state_dict(saved["mtard"])
@@ -308,15 +320,22 @@ def _train(config: TrainConfig, rank: int, world: int) -> list[dict[str, Any]]:
     else:
         model = stepped
     ctx = RecipeContext.from_config(config, model=model, net=stepped, alpha=0.0, mtard=mtard, **teachers)
+    recipe = RECIPES[config.recipe]
+    if config.cuda_graph:
+        step = GraphStep(ctx, recipe, optimizer, schedule, amp)
+    else:
+        def step(x: Tensor, y: Tensor, eps: float, alpha: float) -> tuple[Tensor, dict[str, Tensor]]:
+            ctx.eps, ctx.alpha = eps, alpha
+            return train_step(ctx, recipe, optimizer, scaler, schedule, x, y, amp)
     for epoch in range(len(history), config.epochs):
         clock = time.perf_counter()
-        means = _epoch(config, ctx, optimizer, schedule, scaler, x_train, y_train, epoch, steps_per_epoch,
-                       rank, world, device, amp)
+        means = _epoch(config, step, x_train, y_train, epoch, steps_per_epoch, rank, world, device)
         if not math.isfinite(means["loss"]):  # the same on every process (averaged), so all stop together
             kept = f"{config.out} keeps the checkpoint of epoch {epoch}" if epoch else f"nothing saved in {config.out}"
             raise FloatingPointError(f"the training loss became {means['loss']} in epoch {epoch + 1}, so training "
                                      f"stopped; {kept} (a smaller --lr may help)")
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "eps": ctx.eps, **means,
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "eps": _eps(config, epoch + 1, config.epochs),
+               **means,
                **validate(net, x_val, y_val, config.eps, config.val_steps, rank, world, config.batch_size)}
         row["seconds"] = time.perf_counter() - clock
         history.append(row)
@@ -348,29 +367,88 @@ def train_step(ctx: RecipeContext, recipe: Recipe, optimizer, scaler, schedule, 
     return loss, stats
 
 
-def _epoch(config: TrainConfig, ctx: RecipeContext, optimizer, schedule, scaler, x_train: Tensor, y_train: Tensor,
-           epoch: int, steps_per_epoch: int, rank: int, world: int, device: torch.device,
-           amp: bool) -> dict[str, float]:
-    """One epoch of the recipe; returns its statistics averaged over the steps (and the processes)."""
+class GraphStep:
+    """`train_step` in the form a CUDA graph can replay (`awnet train --cuda-graph`; awnet.train.graph): eps,
+    the attack's step size and the learning rate are 0-dim float32 tensors on the device, filled before each
+    step, which the attacks and the fused optimizer read where the eager step reads Python numbers (the
+    optimizer's param group keeps its float for the schedule and the checkpoint, and holds the tensor only
+    while it steps). Called as `step(x, y, eps, alpha) -> (loss, statistics)`, recorded after `warmup` eager
+    steps; `capture=False` runs the same code eagerly (the CPU tests, and the reference a captured run must
+    equal). No float16 loss scaling (its skipped-step check reads the device)."""
+
+    def __init__(self, ctx: RecipeContext, recipe: Recipe, optimizer: torch.optim.Optimizer, schedule, amp: bool,
+                 warmup: int = 3, capture: bool = True):
+        if len(optimizer.param_groups) != 1:
+            raise ValueError(f"GraphStep steps an optimizer with one param group, got {len(optimizer.param_groups)}")
+        device = next(ctx.net.parameters()).device
+        self.eps, self.alpha, self.lr = (torch.zeros((), device=device) for _ in range(3))
+        self.ctx = replace(ctx, eps=self.eps, alpha=self.alpha)
+        self.recipe, self.optimizer, self.schedule, self.amp, self.capture = recipe, optimizer, schedule, amp, capture
+        self.replayed = CapturedStep(self._step, warmup, capture)
+
+    def _step(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        with _autocast(self.amp, cache=not self.capture):
+            loss, stats = self.recipe(self.ctx, x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        group = self.optimizer.param_groups[0]
+        lr, group["lr"] = group["lr"], self.lr
+        try:
+            self.optimizer.step()
+        finally:
+            group["lr"] = lr
+        return loss.detach(), {name: value.detach() for name, value in stats.items()}
+
+    def __call__(self, x: Tensor, y: Tensor, eps: float, alpha: float) -> tuple[Tensor, dict[str, Tensor]]:
+        for knob, value in ((self.eps, eps), (self.alpha, alpha), (self.lr, self.optimizer.param_groups[0]["lr"])):
+            knob.fill_(value)
+        loss, stats = self.replayed(x, y)
+        self.schedule.step()
+        return loss, stats
+
+
+def _check_cuda_graph(config: TrainConfig, device: torch.device, amp: bool, world: int) -> None:
+    why = None
+    if device.type != "cuda":
+        why = f"it records CUDA kernels, and this run is on {device}"
+    elif world > 1:
+        why = "it records one process's step, and DDP's collectives are not recorded here (run one process)"
+    elif amp and not torch.cuda.is_bf16_supported():
+        why = "float16's loss scaling reads the device at every step (use --no-amp, or a GPU with bfloat16)"
+    elif config.compile is not None:
+        why = "it records the eager step (torch.compile's mode='reduce-overhead' is its own capture): drop --compile"
+    if why:
+        raise ValueError(f"cuda_graph cannot be used here: {why}")
+
+
+def _eps(config: TrainConfig, done: int, total: int) -> float:
+    """The training attacks' eps after `done` of `total` steps (or epochs): linear from 0 over eps_ramp."""
+    if config.recipe not in ADVERSARIAL_RECIPES:
+        return 0.0
+    ramp = 1.0 if config.eps_ramp <= 0 else min(1.0, done / total / config.eps_ramp)
+    return config.eps * ramp
+
+
+def _epoch(config: TrainConfig, step, x_train: Tensor, y_train: Tensor, epoch: int, steps_per_epoch: int,
+           rank: int, world: int, device: torch.device) -> dict[str, float]:
+    """One epoch of `step(x, y, eps, alpha) -> (loss, statistics)`; returns its statistics averaged over the
+    steps (and the processes)."""
     torch.manual_seed(_seed(config.seed, epoch, rank))
     order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(_seed(config.seed, epoch)))
-    recipe, total_steps = RECIPES[config.recipe], config.epochs * steps_per_epoch
+    total_steps = config.epochs * steps_per_epoch
     keys: list[str] = []
     sums: Optional[Tensor] = None  # the statistics summed over the steps, on the device
     bar = tqdm(range(steps_per_epoch), desc=f"{config.recipe} epoch {epoch + 1}/{config.epochs}",
                disable=not config.progress or rank != 0, leave=False)
-    for step in bar:
-        start = (step * world + rank) * config.batch_size  # each process its slice of the global batch
+    for i in bar:
+        start = (i * world + rank) * config.batch_size  # each process its slice of the global batch
         index = order[start:start + config.batch_size]
         x, y = x_train[index].to(device), y_train[index].to(device)
-        done = (epoch * steps_per_epoch + step + 1) / total_steps
-        ramp = 1.0 if config.eps_ramp <= 0 else min(1.0, done / config.eps_ramp)
-        ctx.eps = config.eps * ramp if config.recipe in ADVERSARIAL_RECIPES else 0.0
-        ctx.alpha = step_size(ctx.eps, config.attack_steps)
-        loss, stats = train_step(ctx, recipe, optimizer, scaler, schedule, x, y, amp)
+        eps = _eps(config, epoch * steps_per_epoch + i + 1, total_steps)
+        loss, stats = step(x, y, eps, step_size(eps, config.attack_steps))
         values = torch.stack([value.detach() for value in stats.values()]).double()  # one add for all
         keys, sums = list(stats), values if sums is None else sums + values
-        if not bar.disable and step % 10 == 0:  # reading the loss waits for the device: only for a shown bar
+        if not bar.disable and i % 10 == 0:  # reading the loss waits for the device: only for a shown bar
             bar.set_postfix(loss=f"{loss.item():.3f}")
     means = sums / steps_per_epoch
     if world > 1:
@@ -387,4 +465,4 @@ def _summary(row: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-__all__ = ["TrainConfig", "make_model", "make_schedule", "train", "train_step", "validate"]
+__all__ = ["GraphStep", "TrainConfig", "make_model", "make_schedule", "train", "train_step", "validate"]

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attacks import pgd, router_evasion
-from ..attacks.core import input_grad, project
+from ..attacks.core import Radius, input_grad, project
 from ..nn import MixBatchNorm2d
 from ..nn.router import ADVERSARIAL_THRESHOLD
 
@@ -63,11 +63,13 @@ class MTARDWeights:
         self.first, self.w_nat = self.first.to(losses.device), self.w_nat.to(losses.device)
         # A loss that starts at ~0 (a student copied from its teacher) must not divide by 0.
         relative = losses / self.first.clamp_min(1e-6)
-        self.w_nat = self.w_nat - self.lr * (self.w_nat - relative[0] / relative.sum().clamp_min(1e-12))
+        # In place: a step replayed from a CUDA graph (awnet.train.graph) reads and writes the same memory.
+        self.w_nat.sub_(self.lr * (self.w_nat - relative[0] / relative.sum().clamp_min(1e-12)))
         return self.w_nat.float(), 1 - self.w_nat.float()
 
     def state_dict(self) -> dict:
-        return {"lr": self.lr, "w_nat": self.w_nat.cpu(), "first": None if self.first is None else self.first.cpu()}
+        return {"lr": self.lr, "w_nat": self.w_nat.to("cpu", copy=True),
+                "first": None if self.first is None else self.first.to("cpu", copy=True)}
 
     def load_state_dict(self, state: dict) -> None:
         self.lr, self.w_nat, self.first = state["lr"], state["w_nat"], state["first"]
@@ -75,12 +77,13 @@ class MTARDWeights:
 
 @dataclass
 class RecipeContext:
-    """What a recipe needs besides the batch. The loop sets `eps` and `alpha` every step (eps ramp). A recipe's
-    settings (attack_steps, trades_beta, ...) are the TrainConfig settings of the same names (`from_config`)."""
+    """What a recipe needs besides the batch. The loop sets `eps` and `alpha` every step (eps ramp): numbers, or
+    0-dim device tensors in a step recorded as a CUDA graph (`GraphStep`). A recipe's settings (attack_steps,
+    trades_beta, ...) are the TrainConfig settings of the same names (`from_config`)."""
     model: nn.Module  # what the loss pass calls: the model, or its DDP wrapper under torchrun
     net: nn.Module  # the bare model, for crafting attacks and reading the router
-    eps: float
-    alpha: float
+    eps: Radius
+    alpha: Radius
     attack_steps: int
     trades_beta: float = 6.0
     clean_teacher: Optional[nn.Module] = None
