@@ -32,11 +32,14 @@ _BN_SAVED = "Tensor mean, Tensor invstd, Tensor sample_mean, Tensor sample_var"
 BN_SCHEMAS = {
     # y, the (K, C) mean and inverse std each bank normalised with, and in training the per-(sample, channel)
     # mean and variance of x (else empty), which the backward reuses; updates the running statistics.
+    # prescale (B, C) scales x per (sample, channel) before the batch norms (a folded AW convolution's omega).
     "mix_batch_norm": f"({_BN_PARAMS}, Tensor(a!) running_mean, Tensor(b!) running_var, bool training, "
-                      "float momentum, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
-    # dx, dcoeff, dweight, dbias; those not asked for by output_mask come back as empty tensors.
+                      "float momentum, float eps, Tensor? prescale=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    # dx, dcoeff, dweight, dbias, and dprescale when prescale is given; those not asked for by output_mask
+    # (dprescale: prescale not given) come back as empty tensors.
     "mix_batch_norm_backward": f"(Tensor grad_y, {_BN_SAVED}, {_BN_PARAMS}, bool training, float eps, "
-                               f"bool[4] output_mask) -> {_GRADS}",
+                               "bool[4] output_mask, Tensor? prescale=None) -> "
+                               "(Tensor, Tensor, Tensor, Tensor, Tensor)",
 }
 
 # The Triton implementations: the same argument lists. Its MixBN is functional (a Python op with autograd
@@ -90,20 +93,20 @@ def _conv_backward_fake(grad_y, saved, x, weight, coeff, bias, stride, padding, 
     return _grads(x, (weight, coeff, bias), output_mask)
 
 
-def _bn_fake(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps):
+def _bn_fake(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps, prescale=None):
     stats = x.new_empty(weight.shape, dtype=_acc(x.dtype))
     moments = x.new_empty(x.shape[:2] if training else (0,), dtype=_acc(x.dtype))
     return _like_x(x, x.shape), stats, torch.empty_like(stats), moments, torch.empty_like(moments)
 
 
-def _bn_triton_fake(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps):
+def _bn_triton_fake(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps, prescale=None):
     y, mean, invstd, _, _ = _bn_fake(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps)
     return y, mean, invstd, weight.new_empty(weight.shape), weight.new_empty(weight.shape)
 
 
 def _bn_backward_fake(grad_y, mean, invstd, sample_mean, sample_var, x, coeff, weight, bias, training, eps,
-                      output_mask):
-    return _grads(x, (coeff, weight, bias), output_mask)
+                      output_mask, prescale=None):
+    return _grads(x, (coeff, weight, bias, prescale), [*output_mask, prescale is not None])
 
 
 for _names, _fake in ((("aw_conv2d", "aw_conv2d_triton"), _conv_fake), (("aw_conv2d_forward",), _conv_forward_fake),
@@ -123,9 +126,9 @@ def _conv_setup_context(ctx, inputs, output):
 
 
 def _bn_setup_context(ctx, inputs, output):
-    x, coeff, weight, bias, _, _, training, _, eps = inputs
+    x, coeff, weight, bias, _, _, training, _, eps, prescale = inputs
     _, mean, invstd, new_mean, new_var = output
-    ctx.save_for_backward(mean, invstd, x, coeff, weight, bias)
+    ctx.save_for_backward(mean, invstd, x, coeff, weight, bias, prescale)
     ctx.training, ctx.eps = training, eps
     ctx.mark_non_differentiable(mean, invstd, new_mean, new_var)
 
@@ -141,13 +144,15 @@ def register_autograd(name: str) -> None:
             x, weight, coeff, bias = ctx.saved_tensors
             mask[3] = mask[3] and bias is not None
             grads = backward_op(grad_y, x.new_empty(0), x, weight, coeff, bias, *ctx.geometry, mask)
+            rest = (None,) * (len(ctx.needs_input_grad) - 4)  # the geometry
         else:
-            mean, invstd, x, coeff, weight, bias = ctx.saved_tensors
+            mean, invstd, x, coeff, weight, bias, prescale = ctx.saved_tensors
             empty = x.new_empty(0)  # the per-sample moments: a Triton backward reads x again
-            grads = backward_op(grad_y, mean, invstd, empty, empty, x, coeff, weight, bias, ctx.training, ctx.eps,
-                                mask)
-        inputs = len(ctx.needs_input_grad)
-        return (*(g if needed else None for g, needed in zip(grads, mask)), *(None,) * (inputs - 4))
+            *grads, dprescale = backward_op(grad_y, mean, invstd, empty, empty, x, coeff, weight, bias, ctx.training,
+                                            ctx.eps, mask, prescale)
+            # The running statistics and the three scalars get none; prescale, an input when given, its gradient.
+            rest = (*(None,) * 5, *((dprescale if ctx.needs_input_grad[9] else None,) if prescale is not None else ()))
+        return (*(g if needed else None for g, needed in zip(grads, mask)), *rest)
 
     torch.library.register_autograd(f"awnet::{name}", backward,
                                     setup_context=_conv_setup_context if conv else _bn_setup_context, lib=LIBRARY)

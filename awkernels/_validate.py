@@ -123,7 +123,7 @@ def aw_conv2d_args(x, weight, coeff, bias, stride, padding, dilation, groups):
     return stride, padding, dilation
 
 
-def mix_batch_norm_args(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps):
+def mix_batch_norm_args(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps, prescale=None):
     _float_input(x, 4, "(B, C, H, W)")
     _tensor(coeff, "coeff", 2, "(B, K)")
     _same_device(coeff, "coeff", x)
@@ -151,3 +151,9 @@ def mix_batch_norm_args(x, coeff, weight, bias, running_mean, running_var, train
     if training and batch * x.shape[2] * x.shape[3] == 1:
         raise ValueError("x has one value per channel; training needs more to compute batch statistics")
     finite_coeff(coeff)
+    if prescale is not None:
+        _tensor(prescale, "prescale", 2, f"(B, C) = {(batch, channels)}")
+        _same_device(prescale, "prescale", x)
+        _same_dtype(prescale, "prescale", x)
+        if tuple(prescale.shape) != (batch, channels):
+            raise ValueError(f"prescale must have shape (B, C) = {(batch, channels)}, got {tuple(prescale.shape)}")

@@ -38,9 +38,11 @@ def aw_conv2d(x, weight, coeff, bias, stride, padding, dilation, groups):
     return y
 
 
-def mix_batch_norm(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps):
+def mix_batch_norm(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps, prescale=None):
     acc = torch.promote_types(x.dtype, torch.float32)
     xa, w = x.to(acc), coeff.to(acc)
+    if prescale is not None:
+        xa = xa * prescale.to(acc)[:, :, None, None]
     gamma, beta = weight.to(acc), bias.to(acc)
     if training:
         count = w.sum(0) * (x.shape[2] * x.shape[3])  # (K,)

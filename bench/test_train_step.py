@@ -1,5 +1,6 @@
-"""One PGD-10 adversarial-training step (10 attack steps, then the update) end to end: AW-ResNet-18 on our
-kernels (`auto`) and on the reference backend, against the static ResNet-18 it is built from.
+"""One PGD-10 adversarial-training step (10 attack steps in eval mode, as the recipes craft them, then the
+update) end to end: AW-ResNet-18 on our kernels (`auto`) and on the reference backend, against the static
+ResNet-18 it is built from.
 On a GPU: ResNet-18 at batch 128 (AWNET_BENCH_BATCH) under bfloat16 autocast; on CPU, float32, the small
 MNIST CNN at batch 100 and ResNet-18 at batch 8 (issue 18's settings)."""
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 import awkernels
 import awnet
 from awnet.attacks import pgd
+from awnet.train.recipes import eval_mode
 from bench.conftest import CUDA, DEVICE, measure
 from bench.test_aw_conv2d import BATCH
 
@@ -38,7 +40,8 @@ def training_step(variant: str, model_name: str = next(iter(MODELS))):
 
     def update():
         with awkernels.use_backend(backend), torch.autocast(DEVICE.type, torch.bfloat16, enabled=CUDA):
-            x_adv = pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10)
+            with eval_mode(model):  # as the recipes craft it: running statistics, an AW-Net's router
+                x_adv = pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10)
             loss = F.cross_entropy(forward(x_adv), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

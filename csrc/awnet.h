@@ -38,12 +38,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> aw_conv2d_backward(
 // y, the banks' (K, C) mean and invstd, and the (B, C) per-sample moments (training; else empty).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mix_batch_norm(
     const Tensor& x, const Tensor& coeff, const Tensor& weight, const Tensor& bias, Tensor& running_mean,
-    Tensor& running_var, bool training, double momentum, double eps);
+    Tensor& running_var, bool training, double momentum, double eps, const std::optional<Tensor>& prescale);
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> mix_batch_norm_backward(
+// dx, dcoeff, dweight, dbias, dprescale (empty without a prescale).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mix_batch_norm_backward(
     const Tensor& grad_y, const Tensor& mean, const Tensor& invstd, const Tensor& sample_mean,
     const Tensor& sample_var, const Tensor& x, const Tensor& coeff, const Tensor& weight, const Tensor& bias,
-    bool training, double eps, std::array<bool, 4> output_mask);
+    bool training, double eps, std::array<bool, 4> output_mask, const std::optional<Tensor>& prescale);
 
 // Banks stacked along the output channels, group-major, so that one grouped convolution computes every
 // bank: bank k's filter o sits at stacked channel (o / Cg) * K * Cg + k * Cg + o % Cg, Cg = C_out / groups.
@@ -113,17 +114,20 @@ using BnGradInput = Tensor(const Tensor& dy, const Tensor& x, const Tensor& scal
 
 // In eval the per-(sample, channel) map needs no statistic of the batch, so each direction saves a pass: the
 // kernel computes the map for its (sample, channel) where it applies it.
-// Forward, one pass: mean and invstd (K, C) from the running statistics, and y = scale * x + shift in x's
+// A prescale s (B, C) (undefined: none) makes both of z = s * x: the map absorbs it.
+// Forward, one pass: mean and invstd (K, C) from the running statistics, and y = scale * s * x + shift in x's
 // suggested memory format (mix_batch_norm_finalize.h's EvalMap gives scale and shift).
 using BnEvalForward = Tensor(const Tensor& x, const Tensor& w, const Tensor& gamma, const Tensor& beta,
-                             const Tensor& running_mean, const Tensor& running_var, double eps, Tensor& mean,
-                             Tensor& invstd);
-// Backward, one pass over dy and x: dx = scale * dy (undefined unless need_x), (sum_p dy, sum_p dy * x) for
-// the parameter gradients, and, when dcoeff (B, K) is defined, the coefficient gradient into it (the attack's
-// backward: no finalize). mean and invstd are the ones the forward saved.
+                             const Tensor& running_mean, const Tensor& running_var, const Tensor& prescale, double eps,
+                             Tensor& mean, Tensor& invstd);
+// Backward, one pass over dy and x: dx = scale * s * dy (undefined unless need_x), (sum_p dy, sum_p dy * z)
+// for the parameter gradients, when dcoeff (B, K) is defined the coefficient gradient into it (the attack's
+// backward: no finalize), and when dprescale (B, C) is defined sum_p dy * scale * x into it. mean and invstd
+// are the ones the forward saved.
 using BnEvalGrad = std::tuple<Tensor, Tensor, Tensor>(const Tensor& dy, const Tensor& x, const Tensor& w,
                                                       const Tensor& gamma, const Tensor& beta, const Tensor& mean,
-                                                      const Tensor& invstd, bool need_x, Tensor& dcoeff);
+                                                      const Tensor& invstd, const Tensor& prescale, bool need_x,
+                                                      Tensor& dcoeff, Tensor& dprescale);
 
 struct DeviceKernels {
   MixBanks* mix_banks;

@@ -102,9 +102,13 @@ template <typename acc_t>
 struct EvalMap {
   const acc_t *w, *gamma, *beta, *mean;  // (B, K), (K, C) x 3
   const acc_t *running_var, *saved_invstd;  // (K, C): one of them
+  const acc_t* prescale;  // (B, C) or null: the map is of z = prescale * x
   int64_t banks, channels;
   acc_t eps;
 
+  C10_HOST_DEVICE acc_t prescale_at(int64_t b, int64_t c) const {
+    return prescale ? prescale[b * channels + c] : acc_t(1);
+  }
   C10_HOST_DEVICE acc_t invstd(int64_t kc) const {
     return saved_invstd ? saved_invstd[kc] : inverse_sqrt(running_var[kc] + eps);
   }
@@ -114,7 +118,7 @@ struct EvalMap {
       invstd_out[k * channels + c] = invstd(k * channels + c);
     }
   }
-  // y = scale * x + shift; the backward's dx = scale * dy.
+  // y = scale * z + shift; the backward's dz = scale * dy.
   C10_HOST_DEVICE void operator()(int64_t b, int64_t c, acc_t& scale, acc_t& shift) const {
     scale = shift = 0;
     for (int64_t k = 0; k < banks; ++k) {

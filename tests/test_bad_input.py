@@ -155,6 +155,12 @@ BN_BAD = [
     ("one-value-per-channel-in-training", lambda a: {"x": randn_like(a["x"], 1, 3, 1, 1),
                                                      "coeff": randn_like(a["x"], 1, 2)}, ValueError,
      r"x has one value per channel; training needs more"),
+    ("prescale-1d", lambda a: {"prescale": randn_like(a["x"], 3)}, ValueError, r"prescale must have shape \(B, C\)"),
+    ("prescale-C-mismatch", lambda a: {"prescale": randn_like(a["x"], 2, 4)}, ValueError,
+     r"prescale must have shape \(B, C\) = \(2, 3\), got \(2, 4\)"),
+    ("prescale-f64", lambda a: {"prescale": randn_like(a["x"], 2, 3).double()}, TypeError,
+     r"prescale has dtype torch\.float64"),
+    ("prescale-list", lambda a: {"prescale": [[1.0] * 3] * 2}, TypeError, r"prescale must be a torch\.Tensor"),
 ]
 
 

@@ -41,8 +41,9 @@ def test_backward_schemas_derive_from_the_forward():
     forward = _arguments("aw_conv2d")
     assert _arguments("aw_conv2d_backward") == ["grad_y", "saved", *forward, "output_mask"]
     bn = _arguments("mix_batch_norm_backward")
-    assert bn[:5] == ["grad_y", "mean", "invstd", "sample_mean", "sample_var"] and bn[-1] == "output_mask"
-    assert set(bn[5:-1]) <= set(_arguments("mix_batch_norm"))
+    assert bn[:5] == ["grad_y", "mean", "invstd", "sample_mean", "sample_var"]
+    assert bn[-2:] == ["output_mask", "prescale"] and _arguments("mix_batch_norm")[-1] == "prescale"
+    assert set(bn[5:-2]) <= set(_arguments("mix_batch_norm"))
 
 
 def _require(impl: str) -> None:
@@ -88,26 +89,29 @@ def test_conv_fakes_match_the_kernels(impl, channels_last, with_bias, level):
 @pytest.mark.parametrize("impl", ["cpp", "triton"])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("training", [False, True])
-def test_mix_batch_norm_fakes_match_the_kernels(impl, channels_last, training):
+@pytest.mark.parametrize("prescaled", [False, True])
+def test_mix_batch_norm_fakes_match_the_kernels(impl, channels_last, training, prescaled):
     _require(impl)
     torch.manual_seed(0)
     x = torch.randn(3, 5, 6, 4)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     coeff = torch.rand(3, 2)
+    prescale = torch.rand(3, 5) if prescaled else None
     params = (torch.rand(2, 5), torch.randn(2, 5), torch.zeros(2, 5), torch.ones(2, 5))
     name = "mix_batch_norm" if impl == "cpp" else "mix_batch_norm_triton"
-    out = getattr(torch.ops.awnet, name)(x, coeff, *params, training, 0.1, 1e-5)
+    out = getattr(torch.ops.awnet, name)(x, coeff, *params, training, 0.1, 1e-5, prescale)
     saved = out[1:] if impl == "cpp" else (out[1], out[2], x.new_empty(0), x.new_empty(0))
     dy = torch.randn_like(out[0])
     grads = getattr(torch.ops.awnet, f"{name}_backward")(dy, *saved, x, coeff, *params[:2], training, 1e-5,
-                                                        [True] * 4)
+                                                        [True] * 4, prescale)
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
         fx, fc, fdy = (mode.from_tensor(t) for t in (x, coeff, dy))
+        fs = mode.from_tensor(prescale) if prescaled else None
         fparams = [mode.from_tensor(t) for t in params]
-        fake_out = getattr(torch.ops.awnet, name)(fx, fc, *fparams, training, 0.1, 1e-5)
+        fake_out = getattr(torch.ops.awnet, name)(fx, fc, *fparams, training, 0.1, 1e-5, fs)
         fsaved = [mode.from_tensor(t) for t in saved]
         fake_grads = getattr(torch.ops.awnet, f"{name}_backward")(fdy, *fsaved, fx, fc, *fparams[:2], training,
-                                                                  1e-5, [True] * 4)
+                                                                  1e-5, [True] * 4, fs)
     for real, promised in zip((*out, *grads), (*fake_out, *fake_grads)):
         assert (real.shape, real.dtype, real.stride()) == (promised.shape, promised.dtype, promised.stride())

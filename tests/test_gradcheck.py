@@ -38,10 +38,12 @@ def test_aw_conv2d_gradcheck(backend, shapes, level, conv_args):
 
 
 @pytest.mark.parametrize("banks", [1, 2])
-# attack: eval, gradients for x and coeff only; update: training, no coefficient gradient (a forced route)
-@pytest.mark.parametrize("mode", ["train", "eval", "attack", "update"])
+# attack: eval, gradients for x and coeff only; update: training, no coefficient gradient (a forced route);
+# prescale-*: with a folded omega, whose gradient is checked too.
+@pytest.mark.parametrize("mode", ["train", "eval", "attack", "update", "prescale-eval", "prescale-attack",
+                                  "prescale-train"])
 def test_mix_batch_norm_gradcheck(backend, mode, banks):
-    training = mode in ("train", "update")
+    training = mode in ("train", "update", "prescale-train")
     torch.manual_seed(0)
     channels = 3
     x = 0.5 + 2 * torch.randn(2, channels, 3, 3, dtype=F64)
@@ -49,16 +51,21 @@ def test_mix_batch_norm_gradcheck(backend, mode, banks):
     coeff = 0.5 + 0.5 * torch.rand(2, banks, dtype=F64)
     weight = 1 + 0.3 * torch.randn(banks, channels, dtype=F64)
     bias = 0.2 * torch.randn(banks, channels, dtype=F64)
-    wrt = {"attack": ("x", "coeff"), "update": ("x", "weight", "bias")}.get(mode, ("x", "coeff", "weight", "bias"))
+    prescale = 0.5 + torch.rand(2, channels, dtype=F64)
+    wrt = {"attack": ("x", "coeff"), "update": ("x", "weight", "bias"),
+           "prescale-attack": ("x", "coeff", "prescale")}.get(mode, ("x", "coeff", "weight", "bias"))
+    if mode in ("prescale-eval", "prescale-train"):
+        wrt += ("prescale",)
+    names = ("x", "coeff", "weight", "bias") + (("prescale",) if mode.startswith("prescale") else ())
     inputs = [t.to(backend.device).requires_grad_(name in wrt)
-              for name, t in zip(("x", "coeff", "weight", "bias"), (x, coeff, weight, bias))]
+              for name, t in zip(names, (x, coeff, weight, bias, prescale))]
     running_mean = (0.5 * torch.randn(banks, channels, dtype=F64)).to(backend.device)
     running_var = (0.5 + torch.rand(banks, channels, dtype=F64)).to(backend.device)
 
-    def mix_bn(x, coeff, weight, bias):
+    def mix_bn(x, coeff, weight, bias, prescale=None):
         # Fresh buffers per call: training mode updates them in place.
         with awkernels.use_backend(backend.name):
             return awkernels.mix_batch_norm(x, coeff, weight, bias, running_mean.clone(), running_var.clone(),
-                                            training=training, momentum=0.1, eps=1e-5)
+                                            training=training, momentum=0.1, eps=1e-5, prescale=prescale)
 
     assert torch.autograd.gradcheck(mix_bn, inputs)

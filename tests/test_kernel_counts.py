@@ -49,6 +49,8 @@ MIXBN_KERNELS = {
     (True, "no coeff"): (["bn_moments", "bn_train_forward"], ["bn_grad_sums", "bn_train_grad_input"]),
     (False, "all"): (["bn_eval_forward"], ["bn_eval_grad", "bn_finalize_backward"]),
     (False, "x and coeff"): (["bn_eval_forward"], ["bn_eval_grad"]),  # every attack step
+    # An attack step of a one-bank AW-Net: the convolution's omega folded in, its gradient from the same pass.
+    (False, "x, coeff and prescale"): (["bn_eval_forward"], ["bn_eval_grad"]),
 }
 
 
@@ -57,13 +59,16 @@ MIXBN_KERNELS = {
 def test_mix_batch_norm_kernels_per_direction(training, grads, layout):
     """Two passes each way in training (a forced route: the update step), one each way in an attack step."""
     x, coeff, (weight, bias), (mean, var) = mixbn_inputs(layout)
-    wrt = {"all": (x, coeff, weight, bias), "no coeff": (x, weight, bias), "x and coeff": (x, coeff)}[grads]
-    for t in (coeff, weight, bias):
-        t.requires_grad_(any(t is w for w in wrt))
+    prescale = torch.rand(x.shape[:2]) + 0.5 if "prescale" in grads else None
+    wrt = {"all": (x, coeff, weight, bias), "no coeff": (x, weight, bias), "x and coeff": (x, coeff),
+           "x, coeff and prescale": (x, coeff, prescale)}[grads]
+    for t in (coeff, weight, bias, prescale):
+        if t is not None:
+            t.requires_grad_(any(t is w for w in wrt))
     with awkernels.use_backend("cpp"):
         out = []
         forward = kernels(lambda: out.append(
-            awkernels.mix_batch_norm(x, coeff, weight, bias, mean, var, training, 0.1, 1e-5)))
+            awkernels.mix_batch_norm(x, coeff, weight, bias, mean, var, training, 0.1, 1e-5, prescale)))
         grad = torch.randn_like(out[0])
         backward = kernels(lambda: torch.autograd.grad(out[0], wrt, grad))
     expected_forward, expected_backward = MIXBN_KERNELS[training, grads]

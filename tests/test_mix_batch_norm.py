@@ -32,6 +32,7 @@ class BNCase:
     momentum: float = 0.1
     params: torch.dtype | None = None  # of weight, bias and running stats; None: float64 for float64 x, else float32
     wrt: tuple[str, ...] = ("x", "coeff") + PARAMS  # the inputs that require grad (an attack's: x and coeff)
+    prescale: bool = False  # a (B, C) prescale (a folded omega) in [0.3, 2)
 
     @property
     def param_dtype(self) -> torch.dtype:
@@ -57,6 +58,8 @@ class BNCase:
             "running_mean": (0.5 * torch.randn(shape, dtype=F64), self.param_dtype),
             "running_var": (0.5 + torch.rand(shape, dtype=F64), self.param_dtype),
         }
+        if self.prescale:
+            values["prescale"] = (0.3 + 1.7 * torch.rand(self.batch, self.channels, dtype=F64), self.dtype)
         return {name: t.to(dtype).to(F64) for name, (t, dtype) in values.items()}
 
 
@@ -104,6 +107,18 @@ CASES = [
            layout="channels_last", wrt=("x",) + PARAMS),
     BNCase("update-K2-soft-5000-channels", True, batch=4, channels=5000, size=(2, 2), wrt=("x",) + PARAMS),
     BNCase("update-K2-soft-x-only-noncontiguous", True, layout="noncontiguous", wrt=("x",)),
+    # With a prescale (an AW convolution's omega, folded in): eval (the map absorbs it) and training.
+    BNCase("prescale-eval-K2-soft", False, prescale=True, wrt=("x", "coeff", "prescale") + PARAMS),
+    BNCase("prescale-attack-K2-soft-noncontiguous-f64", False, layout="noncontiguous", dtype=F64, prescale=True,
+           wrt=("x", "coeff", "prescale")),
+    BNCase("prescale-attack-K2-hard-large-channels_last", False, coeff="hard", batch=8, channels=40, size=(24, 24),
+           layout="channels_last", prescale=True, wrt=("x", "coeff", "prescale")),
+    BNCase("prescale-attack-K2-soft-prescale-only", False, prescale=True, wrt=("prescale",)),
+    BNCase("prescale-train-K2-soft", True, prescale=True, wrt=("x", "coeff", "prescale") + PARAMS),
+    BNCase("prescale-train-K3-hard-channels_last-f64", True, banks=3, coeff="hard", layout="channels_last", dtype=F64,
+           prescale=True, wrt=("x", "coeff", "prescale") + PARAMS),
+    BNCase("prescale-update-K2-hard-large", True, coeff="hard", batch=8, channels=32, size=(24, 24), prescale=True,
+           wrt=("x", "prescale") + PARAMS),
 ]
 
 
@@ -117,16 +132,17 @@ def test_parity_output_gradients_and_running_stats(backend, case):
     wrt = case.wrt
     tested = {}
     for name, t in exact.items():
-        dtype = case.dtype if name in ("x", "coeff") else case.param_dtype
+        dtype = case.dtype if name in ("x", "coeff", "prescale") else case.param_dtype
         layout = case.layout if name == "x" or (name == "coeff" and case.layout == "noncontiguous") else "contiguous"
         tested[name] = to_layout(t.to(dtype, copy=True), layout).to(backend.device).requires_grad_(name in wrt)
     ref_inputs = {name: t.clone().requires_grad_(name in wrt) for name, t in exact.items()}
 
     with awkernels.use_backend(backend.name):
         y = awkernels.mix_batch_norm(*(tested[n] for n in ("x", "coeff") + PARAMS + STATS),
-                                     training=case.training, momentum=case.momentum, eps=EPS)
+                                     training=case.training, momentum=case.momentum, eps=EPS,
+                                     prescale=tested.get("prescale"))
     y_ref = reference.mix_batch_norm(*(ref_inputs[n] for n in ("x", "coeff") + PARAMS + STATS),
-                                     case.training, case.momentum, EPS)
+                                     case.training, case.momentum, EPS, ref_inputs.get("prescale"))
 
     assert y.shape == tested["x"].shape
     assert y.dtype == case.dtype

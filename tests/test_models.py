@@ -487,6 +487,57 @@ def test_a_cnn_without_batch_norm_converts_and_trains(banks):
     assert aw.router.heads.weight.grad.abs().max() > 0
 
 
+# --- omega folded into the MixBN after its convolution ---------------------------------------------------------
+
+def _unfolded(model: AWNet) -> AWNet:
+    clone = copy.deepcopy(model)
+    for m in clone.modules():
+        if isinstance(m, AWConv2d):
+            m.folded = False
+        elif isinstance(m, MixBatchNorm2d):
+            m.prescale_conv = None
+    return clone
+
+
+@pytest.mark.parametrize("name,folds", [("smallcnn", 3), ("resnet18", 20)])
+def test_omega_folded_into_the_mixbn_computes_the_unfolded_network(name, folds):
+    """In eval each convolution's omega scales its MixBN's input instead of its output: the same logits and
+    the same gradients for the input (through the router too) and the parameters; training is unfolded."""
+    _, aw = static_and_aw(name)
+    perturb_signal_heads(aw)
+    make_adversarial_side_differ(aw)
+    assert sum(isinstance(m, AWConv2d) and m.folded for m in aw.modules()) == folds
+    reference = _unfolded(aw)
+    x = images(name, batch=3)
+    for training in (False, True):
+        results = []
+        for model in (aw.train(training), reference.train(training)):
+            xi = x.clone().requires_grad_()
+            logits = model(xi)
+            params = [p for p in model.parameters() if p.requires_grad]
+            results.append([logits, *torch.autograd.grad((logits * torch.arange(10.0)).sum(), [xi, *params])])
+        for i, (got, want) in enumerate(zip(*results)):
+            assert_close(got, want, 1e-5, f"{'train' if training else 'eval'} output/gradient {i}")
+
+
+def test_only_a_one_bank_bias_free_convolution_feeding_only_its_mixbn_is_folded():
+    torch.manual_seed(0)
+    static = nn.Sequential(
+        nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8),  # folded
+        nn.Conv2d(8, 8, 3, bias=True), nn.BatchNorm2d(8),  # a bias: not
+        nn.Conv2d(8, 8, 3, bias=False), nn.ReLU(), nn.BatchNorm2d(8),  # something between: not
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    aw = awnet.convert(static)
+    assert [m.folded for m in aw.modules() if isinstance(m, AWConv2d)] == [True, False, False]
+    assert [m.prescale_conv for m in aw.modules() if isinstance(m, MixBatchNorm2d)] == [0, None, None]
+    two_banks = awnet.convert(static, banks=2)
+    assert not any(m.folded for m in two_banks.modules() if isinstance(m, AWConv2d))
+    perturb_signal_heads(aw)
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert_close(aw.eval()(x), _unfolded(aw).eval()(x), 1e-5, "partly folded")
+
+
 def test_convert_refuses_what_it_cannot_reproduce():
     class MyConv(nn.Conv2d):
         pass

@@ -20,14 +20,15 @@ from bench.kernel_counts import kernels, pgd10_step, recipe_step, step_kernels  
 
 # Kernels of one PGD-10 step of ResNet-18 at batch 2 on the cpp backend (`python -m bench.kernel_counts
 # --backend cpp`; torch 2.14, CPU), with about 3% for other PyTorch versions. Measured: static 1985, AW banks 1
-# 2903, banks 2 2936 (1.46x, 1.48x), since an attack's MixBN backward is one pass (dcoeff in it), the update's
-# MixBN two passes each way (the finalize inside the output and dx passes), the router's heads one Linear, and
-# its signals gathered once per forward (banks 2: mix and omega straight into the convolutions' chunks, one
-# product). Before: 3163 and 3248; before MixBN's eval passes, 3583 and 3668. What is above the static step is
-# mostly the AW convolution's own pass each way (mix_banks forward, bank_grads backward: 460), which folding
-# omega into the MixBN that follows would remove (DESIGN.md section 3).
-BUDGET = {"static": 2050, "aw-banks1": 2990, "aw-banks2": 3025}
+# 2483, banks 2 2936 (1.25x, 1.48x), since in the attack's steps every convolution's omega is folded into the
+# MixBN after it (its per-(sample, channel) map absorbs it: no pass of the convolution's own), an attack's MixBN
+# backward is one pass (dcoeff in it), the update's MixBN two passes each way (the finalize inside the output
+# and dx passes), the router's heads one Linear, and its signals gathered once per forward (banks 2: mix and
+# omega straight into the convolutions' chunks, one product). Before the fold: 2903 for banks 1; before that
+# 3163 and 3248; before MixBN's eval passes, 3583 and 3668. Banks 2 keeps its blend pass each way.
+BUDGET = {"static": 2050, "aw-banks1": 2560, "aw-banks2": 3025}
 AW_RATIO = 1.5  # the most an AW step may launch relative to the static step (issue 18)
+ONE_BANK_RATIO = 1.3  # the paper's AW-Net (one bank, omega folded): issue 18's aim
 
 # Operators that make the host wait for the device: a scalar read, or an output whose size depends on values.
 HOST_SYNCS = {"aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::nonzero", "aten::masked_select",
@@ -56,6 +57,7 @@ def test_pgd10_step_of_aw_resnet18_launches_about_what_the_static_step_launches(
     counts = {variant: len(step_kernels(pgd10_step("resnet18", variant, "cpp"))) for variant in BUDGET}
     assert all(counts[v] <= BUDGET[v] for v in BUDGET), (counts, BUDGET)
     assert max(counts["aw-banks1"], counts["aw-banks2"]) <= AW_RATIO * counts["static"], counts
+    assert counts["aw-banks1"] <= ONE_BANK_RATIO * counts["static"], counts
 
 
 def test_the_counter_sees_views_as_no_work():
@@ -84,10 +86,13 @@ def test_the_guards_catch_host_syncs():
             read()
 
 
-def test_aw_resnet18_forward_traces_as_one_graph():
+# Two banks in training (a forced route); one bank in eval, its omegas folded into the MixBNs (an attack step).
+@pytest.mark.parametrize("banks,training", [(2, True), (1, False)])
+def test_aw_resnet18_forward_traces_as_one_graph(banks, training):
     torch._dynamo.reset()
-    model = awnet.models.build("resnet18", aw=True, banks=2).train()
-    explanation = torch._dynamo.explain(model)(torch.rand(2, 3, 32, 32), route=torch.tensor([0, 1]))
+    model = awnet.models.build("resnet18", aw=True, banks=banks).train(training)
+    route = torch.tensor([0, 1]) if training else None
+    explanation = torch._dynamo.explain(model)(torch.rand(2, 3, 32, 32), route=route)
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons
 
 

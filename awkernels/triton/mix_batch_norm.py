@@ -124,15 +124,22 @@ def _centred_second_moment(moments, mu, pixels):
     return (var[:, None] + shift * shift) * pixels
 
 
-def forward(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps):
+def _prescaled(moments, s):
+    """The per-plane mean and variance of s * x from those of x."""
+    return (moments[0] * s, moments[1] * s * s) if s is not None and moments is not None else moments
+
+
+def forward(x, coeff, weight, bias, running_mean, running_var, training, momentum, eps, prescale=None):
     """(y, mean, invstd, new running mean, new running var): mean and invstd are the (K, C) statistics
-    each bank normalised with."""
+    each bank normalised with. A prescale s is folded into the maps: x's plane moments scale by s and s^2,
+    and y = (A s) x + B0."""
     acc = acc_torch_dtype(x.dtype)
     pixels = x.shape[2] * x.shape[3]
     w = coeff.to(acc)
+    s = prescale.to(acc) if prescale is not None else None
     mean, var = running_mean.to(acc, copy=True), running_var.to(acc, copy=True)
     if training:
-        moments, _ = _plane_sums(x)
+        moments = _prescaled(_plane_sums(x)[0], s)
         count = w.sum(0) * pixels
         used = (count != 0)[:, None]
         safe = torch.where(count != 0, count, torch.ones_like(count))[:, None]
@@ -146,16 +153,21 @@ def forward(x, coeff, weight, bias, running_mean, running_var, training, momentu
     scale = weight.to(acc) * invstd
     shift = bias.to(acc) - mean * scale
     stats = (running_mean.to(weight.dtype, copy=True), running_var.to(weight.dtype, copy=True))
-    return _plane_affine(x, w @ scale, w @ shift), mean, invstd, *stats
+    scale_x = w @ scale
+    return _plane_affine(x, scale_x * s if s is not None else scale_x, w @ shift), mean, invstd, *stats
 
 
-def backward(grad_y, x, coeff, weight, bias, mean, invstd, training, eps, output_mask):
-    """(dx, dcoeff, dweight, dbias); the gradients not asked for by output_mask are None."""
+def backward(grad_y, x, coeff, weight, bias, mean, invstd, training, eps, output_mask, prescale=None):
+    """(dx, dcoeff, dweight, dbias, dprescale); the gradients not asked for by output_mask (dprescale: without
+    a prescale) are None. With a prescale s the formulas are those of z = s x, whose dz = A dy + C1 z + C0
+    gives dx = s dz and dprescale = sum_p dz x = A sum(dy x) + C1 s sum(x^2) + C0 sum(x)."""
     need_x, need_coeff, need_weight, need_bias = output_mask
     acc = acc_torch_dtype(x.dtype)
     pixels = x.shape[2] * x.shape[3]
     w, gamma, beta = coeff.to(acc), weight.to(acc), bias.to(acc)
-    moments, (dy_sum, dy_x_sum) = _plane_sums(x, grad_y, moments=training and need_coeff)
+    s = prescale.to(acc) if prescale is not None else None
+    moments_x, (dy_sum, dy_x_sum_x) = _plane_sums(x, grad_y, moments=training and (need_coeff or s is not None))
+    moments, dy_x_sum = (_prescaled(moments_x, s), dy_x_sum_x * s) if s is not None else (moments_x, dy_x_sum_x)
     dy_xhat = invstd[None] * (dy_x_sum[:, None] - mean[None] * dy_sum[:, None])  # sum_p dy * xhat_k
     dgamma = (w[:, :, None] * dy_xhat).sum(0)
     dbeta = w.t() @ dy_sum
@@ -174,16 +186,25 @@ def backward(grad_y, x, coeff, weight, bias, mean, invstd, training, eps, output
             dmean_dw = (moments[0][:, None] - mean[None]) * pixels
             dvar_dw = _centred_second_moment(moments, mean, pixels) - var[None] * pixels
             dcoeff = dcoeff + (per_count[None] * (dmean[None] * dmean_dw + dvar[None] * dvar_dw)).sum(2)
-    dx = _plane_affine(grad_y, w @ (gamma * invstd), shift, x, scale_x) if need_x else None
+    scale_dy = w @ (gamma * invstd)
+    dprescale = None
+    if s is not None:
+        dprescale = scale_dy * dy_x_sum_x
+        if training:
+            sum_x = moments_x[0] * pixels
+            dprescale = dprescale + scale_x * s * (moments_x[1] * pixels + moments_x[0] * sum_x) + shift * sum_x
+        scale_dy, scale_x, shift = scale_dy * s, scale_x * s * s, shift * s
+    dx = _plane_affine(grad_y, scale_dy, shift, x, scale_x) if need_x else None
     return (dx, dcoeff.to(coeff.dtype) if need_coeff else None, dgamma.to(weight.dtype) if need_weight else None,
-            dbeta.to(bias.dtype) if need_bias else None)
+            dbeta.to(bias.dtype) if need_bias else None, dprescale.to(prescale.dtype) if s is not None else None)
 
 
 # The op: `awnet::mix_batch_norm_triton` and its backward, the contract's schemas (awkernels/_contract.py, which
 # also gives their fakes and autograd). Functional: it returns the new running statistics in place of the
 # per-sample moments, and the caller writes them into the buffers.
-def _backward_op(grad_y, mean, invstd, sample_mean, sample_var, x, coeff, weight, bias, training, eps, output_mask):
-    grads = backward(grad_y, x, coeff, weight, bias, mean, invstd, training, eps, output_mask)
+def _backward_op(grad_y, mean, invstd, sample_mean, sample_var, x, coeff, weight, bias, training, eps, output_mask,
+                 prescale=None):
+    grads = backward(grad_y, x, coeff, weight, bias, mean, invstd, training, eps, output_mask, prescale)
     # Ops return tensors: an empty one stands for a gradient not asked for.
     return tuple(g if g is not None else x.new_empty(0) for g in grads)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import awkernels
@@ -58,10 +59,12 @@ class AWConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(banks, out_channels, in_channels // groups, *self.kernel_size,
                                                **factory))
         self.bias = nn.Parameter(torch.empty(banks, out_channels, **factory)) if bias else None
-        # Set by AWNet: where this layer's signals are, and which Signal Head / Type Head feed it.
+        # Set by AWNet: where this layer's signals are, which Signal Head / Type Head feed it, and whether the
+        # MixBN after it applies its omega (`awnet.nn.awnet.omega_folds`).
         self.signals: Signals | None = None
         self.conv_index = 0
         self.block_index = 0
+        self.folded = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -100,6 +103,8 @@ class AWConv2d(nn.Module):
     def forward(self, x: torch.Tensor, omega: torch.Tensor | None = None,
                 mix: torch.Tensor | None = None) -> torch.Tensor:
         if omega is None and mix is None and self.signals is not None:
+            if self.folded and self.signals.folding:  # the MixBN after it scales by omega: the static convolution
+                return F.conv2d(x, self.weight[0], None, self.stride, self.padding, self.dilation, self.groups)
             coeff = self.signals.conv_coeff(self.conv_index)  # made for every layer at once, in its dtype
         else:
             coeff = self.coeff(x, omega, mix)

@@ -17,6 +17,37 @@ from .router import AdversarialRouter
 from .signals import Signals
 
 
+class _LayerTracer(torch.fx.Tracer):
+    """Traces a body with its AW layers as single calls."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (AWConv2d, MixBatchNorm2d)) or super().is_leaf_module(m, qualname)
+
+
+def omega_folds(body: nn.Module) -> list[tuple[AWConv2d, MixBatchNorm2d]]:
+    """The (AWConv2d, MixBatchNorm2d) pairs of `body` where the convolution's output goes only into the MixBN
+    and the convolution has one bank and no bias: there omega can scale the MixBN's input instead of the
+    convolution's output (DESIGN.md section 3), which in eval the MixBN's per-(sample, channel) map absorbs.
+    Found by tracing the body with torch.fx; a body it cannot trace has none (it runs as it is)."""
+    try:
+        graph = _LayerTracer().trace(body)
+    except Exception:  # data-dependent Python in a user's CNN: no fold, nothing else changes
+        return []
+    modules = dict(body.named_modules())
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), MixBatchNorm2d) or not node.args:
+            continue
+        source, norm = node.args[0], modules[node.target]
+        if not isinstance(source, torch.fx.Node) or source.op != "call_module" or len(source.users) != 1:
+            continue
+        conv = modules.get(source.target)
+        if (isinstance(conv, AWConv2d) and conv.banks == 1 and conv.bias is None
+                and conv.out_channels == norm.num_features):
+            pairs.append((conv, norm))
+    return pairs
+
+
 class AWNet(nn.Module):
     """``logits = body(x)`` with every AW layer steered by ``router(x)``.
 
@@ -53,10 +84,16 @@ class AWNet(nn.Module):
             conv.conv_index = conv_index
         for norm_index, norm in enumerate(norms):
             norm.norm_index = norm_index
+        if router.omega:
+            for conv, norm in omega_folds(body):
+                conv.folded, norm.prescale_conv = True, conv.conv_index
         self.config: dict | None = None  # the builder's arguments when built by awnet.models.build
 
     def forward(self, x: torch.Tensor, route: int | torch.Tensor | None = None) -> torch.Tensor:
         self.signals.update(self.router(x), route, x)
+        # In eval (inference, every attack step) a folded convolution's omega goes to its MixBN. In training
+        # the batch statistics are of the scaled output, which the convolution's own pass makes.
+        self.signals.folding = not self.training
         return self.body(x)
 
     @property

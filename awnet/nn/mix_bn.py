@@ -38,10 +38,12 @@ class MixBatchNorm2d(nn.Module):
             self.register_buffer("bias", torch.empty(shape, **factory), persistent=False)
         self.register_buffer("running_mean", torch.empty(shape, **factory))
         self.register_buffer("running_var", torch.empty(shape, **factory))
-        # Set by AWNet: where this layer's mix is, and the block whose Type Head gives it.
+        # Set by AWNet: where this layer's mix is, the block whose Type Head gives it, and the folded
+        # convolution before it, whose omega it applies (`awnet.nn.awnet.omega_folds`).
         self.signals: Signals | None = None
         self.norm_index = 0
         self.block_index = 0
+        self.prescale_conv: int | None = None
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:
@@ -76,9 +78,11 @@ class MixBatchNorm2d(nn.Module):
                 raise ValueError("MixBatchNorm2d needs mix, the (B, 2) [clean, adversarial] coefficients, "
                                  "unless it belongs to an AWNet")
             mix = self.signals.norm_mix(self.norm_index)
-        # Signals made the mix in the dtype the AW layers compute in: no cast unless this layer's input differs.
+        prescale = None if self.signals is None else self.signals.norm_prescale(self.prescale_conv)
+        # Signals made them in the dtype the AW layers compute in: no cast unless this layer's input differs.
         return awkernels.mix_batch_norm(x, mix.to(x.dtype), self.weight, self.bias, self.running_mean,
-                                        self.running_var, self.training, self.momentum, self.eps)
+                                        self.running_var, self.training, self.momentum, self.eps,
+                                        None if prescale is None else prescale.to(x.dtype))
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"

@@ -56,6 +56,7 @@ class Signals:
         self.router: RouterOutput | None = None  # the router's outputs
         self.coeffs: list[torch.Tensor] = []  # per AW convolution, its aw_conv2d coefficient
         self.mixes: list[torch.Tensor] | None = None  # per MixBN, (B, 2): its block's forced route or p_type
+        self.folding = False  # whether folded convolutions leave omega to their MixBN (AWNet.forward sets it)
         self._layouts: dict[tuple, torch.Tensor] = {}
 
     def update(self, router: RouterOutput, route: int | torch.Tensor | None, x: torch.Tensor) -> None:
@@ -92,6 +93,12 @@ class Signals:
         if self.mixes is None:
             raise RuntimeError("this layer belongs to an AWNet: call the AWNet, not its body")
         return self.mixes[norm_index]
+
+    def norm_prescale(self, conv_index: int | None) -> torch.Tensor | None:
+        """The (B, C) omega of the folded convolution `conv_index` before a MixBN, when folding; else None."""
+        if conv_index is None or not self.folding:
+            return None
+        return self.conv_coeff(conv_index).squeeze(1)  # (B, 1, C_out): one bank; a view each way (not select's)
 
     def _layout(self, key: tuple, build: Callable[[], torch.Tensor]) -> torch.Tensor:
         """An index tensor, built once per key in eager mode. Under torch.compile it is built in the graph,

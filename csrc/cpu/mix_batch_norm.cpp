@@ -158,13 +158,19 @@ void eval_grad_pass(const scalar_t* dy, const scalar_t* x, const acc_t* scale, s
   });
 }
 
-// The eval map of every (sample, channel): (B, C) is small next to the pass that applies it.
+// The eval map of every (sample, channel): (B, C) is small next to the pass that applies it. `prescaled`:
+// the scale of x (times the prescale), else of z.
 template <typename acc_t>
-void eval_maps(const EvalMap<acc_t>& map, int64_t batch, std::vector<acc_t>& scale, std::vector<acc_t>& shift) {
+void eval_maps(const EvalMap<acc_t>& map, int64_t batch, bool prescaled, std::vector<acc_t>& scale,
+               std::vector<acc_t>& shift) {
   scale.resize(batch * map.channels);
   shift.resize(batch * map.channels);
   at::parallel_for(0, batch * map.channels, grain(4 * map.banks), [&](int64_t begin, int64_t end) {
-    for (int64_t bc = begin; bc < end; ++bc) map(bc / map.channels, bc % map.channels, scale[bc], shift[bc]);
+    for (int64_t bc = begin; bc < end; ++bc) {
+      const int64_t b = bc / map.channels, c = bc % map.channels;
+      map(b, c, scale[bc], shift[bc]);
+      if (prescaled) scale[bc] *= map.prescale_at(b, c);
+    }
   });
 }
 
@@ -304,8 +310,8 @@ Tensor bn_grad_input(const Tensor& dy, const Tensor& x, const Tensor& scale_dy, 
 }
 
 Tensor bn_eval_forward(const Tensor& x, const Tensor& w, const Tensor& gamma, const Tensor& beta,
-                       const Tensor& running_mean, const Tensor& running_var, double eps, Tensor& mean,
-                       Tensor& invstd) {
+                       const Tensor& running_mean, const Tensor& running_var, const Tensor& prescale, double eps,
+                       Tensor& mean, Tensor& invstd) {
   RECORD_FUNCTION("awnet::cpu::bn_eval_forward", std::vector<c10::IValue>());
   const auto dense_x = x.contiguous(x.suggest_memory_format());
   auto y = at::empty_like(dense_x);
@@ -313,11 +319,11 @@ Tensor bn_eval_forward(const Tensor& x, const Tensor& w, const Tensor& gamma, co
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "awnet_bn_eval_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const EvalMap<acc_t> map{w.data_ptr<acc_t>(), gamma.data_ptr<acc_t>(), beta.data_ptr<acc_t>(),
-                             running_mean.data_ptr<acc_t>(), running_var.data_ptr<acc_t>(), nullptr, w.size(1),
-                             channels, static_cast<acc_t>(eps)};
+                             running_mean.data_ptr<acc_t>(), running_var.data_ptr<acc_t>(), nullptr,
+                             data_or_null<acc_t>(prescale), w.size(1), channels, static_cast<acc_t>(eps)};
     for (int64_t c = 0; c < channels; ++c) map.stats(c, mean.data_ptr<acc_t>(), invstd.data_ptr<acc_t>());
     std::vector<acc_t> scale, shift;
-    eval_maps(map, batch, scale, shift);
+    eval_maps(map, batch, true, scale, shift);
     per_channel_map(dense_x.data_ptr<scalar_t>(), static_cast<const scalar_t*>(nullptr), scale.data(),
                     static_cast<const acc_t*>(nullptr), shift.data(), y.data_ptr<scalar_t>(), batch, channels, pixels,
                     channels_last(x));
@@ -327,7 +333,8 @@ Tensor bn_eval_forward(const Tensor& x, const Tensor& w, const Tensor& gamma, co
 
 std::tuple<Tensor, Tensor, Tensor> bn_eval_grad(const Tensor& dy, const Tensor& x, const Tensor& w,
                                                 const Tensor& gamma, const Tensor& beta, const Tensor& mean,
-                                                const Tensor& invstd, bool need_x, Tensor& dcoeff) {
+                                                const Tensor& invstd, const Tensor& prescale, bool need_x,
+                                                Tensor& dcoeff, Tensor& dprescale) {
   RECORD_FUNCTION("awnet::cpu::bn_eval_grad", std::vector<c10::IValue>());
   const auto format = x.suggest_memory_format();
   const auto dense_dy = dy.contiguous(format), dense_x = x.contiguous(format);
@@ -338,14 +345,24 @@ std::tuple<Tensor, Tensor, Tensor> bn_eval_grad(const Tensor& dy, const Tensor& 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "awnet_bn_eval_grad_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const EvalMap<acc_t> map{w.data_ptr<acc_t>(), gamma.data_ptr<acc_t>(), beta.data_ptr<acc_t>(),
-                             mean.data_ptr<acc_t>(), nullptr, invstd.data_ptr<acc_t>(), w.size(1), channels, acc_t(0)};
-    std::vector<acc_t> scale, unused;
-    eval_maps(map, batch, scale, unused);
+                             mean.data_ptr<acc_t>(), nullptr, invstd.data_ptr<acc_t>(), data_or_null<acc_t>(prescale),
+                             w.size(1), channels, acc_t(0)};
+    std::vector<acc_t> scale, unused, scale_x;
+    eval_maps(map, batch, false, scale, unused);  // dz = scale * dy
+    if (map.prescale) eval_maps(map, batch, true, scale_x, unused);  // dx = scale * prescale * dy
     const auto* sum = dy_sum.data_ptr<acc_t>();
-    const auto* dot = dy_x_sum.data_ptr<acc_t>();
-    eval_grad_pass(dense_dy.data_ptr<scalar_t>(), dense_x.data_ptr<scalar_t>(), scale.data(),
-                   need_x ? dx.data_ptr<scalar_t>() : nullptr, dy_sum.data_ptr<acc_t>(), dy_x_sum.data_ptr<acc_t>(),
-                   batch, channels, pixels, channels_last(x));
+    auto* dot = dy_x_sum.data_ptr<acc_t>();
+    eval_grad_pass(dense_dy.data_ptr<scalar_t>(), dense_x.data_ptr<scalar_t>(),
+                   map.prescale ? scale_x.data() : scale.data(), need_x ? dx.data_ptr<scalar_t>() : nullptr,
+                   dy_sum.data_ptr<acc_t>(), dot, batch, channels, pixels, channels_last(x));
+    if (map.prescale) {
+      // The pass summed dy * x: dprescale = scale * that, and the sums the finalize reads are of dy * z.
+      auto* ds = dprescale.data_ptr<acc_t>();
+      for (int64_t bc = 0; bc < batch * channels; ++bc) {
+        ds[bc] = scale[bc] * dot[bc];
+        dot[bc] *= map.prescale[bc];
+      }
+    }
     if (!dcoeff.defined()) return;
     // dcoeff[b, k]: the channels' shares summed in a fixed order (deterministic).
     auto* out = dcoeff.data_ptr<acc_t>();

@@ -77,6 +77,7 @@ __global__ void eval_forward_kernel(const scalar_t* x, EvalMap<acc_t> map, acc_t
   if (c >= channels) return;
   acc_t scale, shift;
   map(b, c, scale, shift);
+  scale *= map.prescale_at(b, c);
   if (b == 0 && tile.pixel_lane() == 0) map.stats(c, mean, invstd);
   for (int64_t p = tile.pixel_lane(); p < pixels; p += tile.pixel_lanes()) {
     const int64_t i = offset(b, c, p, channels, pixels, channels_last);
@@ -84,31 +85,35 @@ __global__ void eval_forward_kernel(const scalar_t* x, EvalMap<acc_t> map, acc_t
   }
 }
 
-// The eval backward's one pass: the sums of grad_sums_kernel, (dx non-null) dx = scale * dy and (dcoeff
-// non-null, zeroed) each channel's share of dcoeff added to it: float atomics, so the callers take this only
-// outside deterministic mode.
+// The eval backward's one pass: the sums of grad_sums_kernel (of dy * z, z = prescale * x), (dx non-null)
+// dx = scale * prescale * dy, (dprescale non-null) sum_p dy * scale * x and (dcoeff non-null, zeroed) each
+// channel's share of dcoeff added to it: float atomics, so the callers take this only outside deterministic
+// mode.
 template <typename scalar_t, typename acc_t>
 __global__ void eval_grad_kernel(const scalar_t* dy, const scalar_t* x, EvalMap<acc_t> map, scalar_t* dx,
-                                 acc_t* dy_sum, acc_t* dy_x_sum, acc_t* dcoeff, int64_t pixels, bool channels_last,
-                                 PixelTile tile) {
+                                 acc_t* dy_sum, acc_t* dy_x_sum, acc_t* dcoeff, acc_t* dprescale, int64_t pixels,
+                                 bool channels_last, PixelTile tile) {
   __shared__ acc_t shared[kThreads];
   const int64_t channels = map.channels;
   const int64_t b = tile.sample(channels), c = tile.channel(channels);
   const bool active = c < channels;  // lanes past the last channel still take part in the block sums
-  acc_t scale = 0, unused, sum = 0, dot = 0;
+  acc_t scale = 0, unused, prescale = 1, sum = 0, dot = 0;
   if (active) {
     map(b, c, scale, unused);
+    prescale = map.prescale_at(b, c);
     for (int64_t p = tile.pixel_lane(); p < pixels; p += tile.pixel_lanes()) {
       const int64_t i = offset(b, c, p, channels, pixels, channels_last);
       const acc_t g = static_cast<acc_t>(dy[i]);
       sum += g;
       dot += g * static_cast<acc_t>(x[i]);
-      if (dx) dx[i] = static_cast<scalar_t>(scale * g);
+      if (dx) dx[i] = static_cast<scalar_t>(scale * prescale * g);
     }
   }
   sum = sum_pixel_lanes(sum, shared, tile);
   dot = sum_pixel_lanes(dot, shared, tile);
   if (active && tile.pixel_lane() == 0) {
+    if (dprescale) dprescale[b * channels + c] = scale * dot;
+    dot *= prescale;
     dy_sum[b * channels + c] = sum;
     dy_x_sum[b * channels + c] = dot;
     if (dcoeff)
@@ -348,8 +353,8 @@ Tensor bn_grad_input(const Tensor& dy, const Tensor& x, const Tensor& scale_dy, 
 }
 
 Tensor bn_eval_forward(const Tensor& x, const Tensor& w, const Tensor& gamma, const Tensor& beta,
-                       const Tensor& running_mean, const Tensor& running_var, double eps, Tensor& mean,
-                       Tensor& invstd) {
+                       const Tensor& running_mean, const Tensor& running_var, const Tensor& prescale, double eps,
+                       Tensor& mean, Tensor& invstd) {
   const c10::cuda::CUDAGuard guard(x.device());
   const auto format = x.suggest_memory_format();
   const auto dense_x = x.contiguous(format);
@@ -364,8 +369,8 @@ Tensor bn_eval_forward(const Tensor& x, const Tensor& w, const Tensor& gamma, co
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "awnet_bn_eval_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const EvalMap<acc_t> map{w.data_ptr<acc_t>(), gamma.data_ptr<acc_t>(), beta.data_ptr<acc_t>(),
-                             running_mean.data_ptr<acc_t>(), running_var.data_ptr<acc_t>(), nullptr, w.size(1),
-                             channels, static_cast<acc_t>(eps)};
+                             running_mean.data_ptr<acc_t>(), running_var.data_ptr<acc_t>(), nullptr,
+                             data_or_null<acc_t>(prescale), w.size(1), channels, static_cast<acc_t>(eps)};
     eval_forward_kernel<<<tile.blocks(batch, channels), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         dense_x.data_ptr<scalar_t>(), map, mean.data_ptr<acc_t>(), invstd.data_ptr<acc_t>(), y.data_ptr<scalar_t>(),
         x.size(2) * x.size(3), format == at::MemoryFormat::ChannelsLast, tile);
@@ -376,7 +381,8 @@ Tensor bn_eval_forward(const Tensor& x, const Tensor& w, const Tensor& gamma, co
 
 std::tuple<Tensor, Tensor, Tensor> bn_eval_grad(const Tensor& dy, const Tensor& x, const Tensor& w,
                                                 const Tensor& gamma, const Tensor& beta, const Tensor& mean,
-                                                const Tensor& invstd, bool need_x, Tensor& dcoeff) {
+                                                const Tensor& invstd, const Tensor& prescale, bool need_x,
+                                                Tensor& dcoeff, Tensor& dprescale) {
   const c10::cuda::CUDAGuard guard(x.device());
   const auto stream = at::cuda::getCurrentCUDAStream();
   const auto in = dense(dy, x);
@@ -390,11 +396,12 @@ std::tuple<Tensor, Tensor, Tensor> bn_eval_grad(const Tensor& dy, const Tensor& 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "awnet_bn_eval_grad_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const EvalMap<acc_t> map{w.data_ptr<acc_t>(), gamma.data_ptr<acc_t>(), beta.data_ptr<acc_t>(),
-                             mean.data_ptr<acc_t>(), nullptr, invstd.data_ptr<acc_t>(), w.size(1), channels, acc_t(0)};
+                             mean.data_ptr<acc_t>(), nullptr, invstd.data_ptr<acc_t>(), data_or_null<acc_t>(prescale),
+                             w.size(1), channels, acc_t(0)};
     eval_grad_kernel<<<tile.blocks(batch, channels), kThreads, 0, stream>>>(
         in.dy.data_ptr<scalar_t>(), in.x.data_ptr<scalar_t>(), map, need_x ? dx.data_ptr<scalar_t>() : nullptr,
         dy_sum.data_ptr<acc_t>(), dy_x_sum.data_ptr<acc_t>(), dcoeff.defined() ? dcoeff.data_ptr<acc_t>() : nullptr,
-        x.size(2) * x.size(3), in.channels_last, tile);
+        data_or_null<acc_t>(dprescale), x.size(2) * x.size(3), in.channels_last, tile);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {dx, dy_sum, dy_x_sum};
