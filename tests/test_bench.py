@@ -9,6 +9,7 @@ import awnet
 from conftest import REPO_ROOT
 
 # Benchmarks never run interpreted; and on CPU, also on a GPU machine (there scripts/gpu-check times them).
+sys.path.insert(0, REPO_ROOT)  # bench/ is not installed: bench.roofline is imported here
 ENV = {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, "CUDA_VISIBLE_DEVICES": ""}
 
 
@@ -66,6 +67,22 @@ def test_results_file_and_report(tmp_path):
     assert "Geometric means" in report.stdout and "PGD-10 adversarial-training step" in report.stdout
     assert any(line.split()[:3] == ["smallcnn", "100", "awnet-banks1"] for line in lines if line.strip()), \
         report.stdout
+
+
+def test_roofline_model_counts_a_static_convolution_and_the_tiles_padding():
+    """bench.roofline: where the tiles divide the shape a K = 1 kernel executes a static convolution's FLOPs;
+    layer4's 16 pixels fill a quarter of the forward's 64-pixel tile, and a stride-2 input gradient runs the
+    three masked taps of every four; the weight gradient of K banks forms G_b once per bank."""
+    from bench.roofline import rows
+
+    table = {(r["K"], r["layer"], r["kernel"]): r for r in rows(128, [1, 2])}
+    assert len(table) == 2 * 11 * 3
+    layer1 = table[1, "layer1", "forward"]
+    assert layer1["gflop"] * 1e9 == 2 * 128 * 64 * 32 * 32 * 64 * 9 and layer1["flop_ratio"] == 1.0
+    assert table[1, "layer4", "forward"]["flop_ratio"] == 4.0
+    assert table[1, "layer2.down", "input_grad"]["flop_ratio"] == 4.0
+    assert table[2, "layer1", "weight_coeff_grad"]["flop_ratio"] == 2.0
+    assert all(r["roofline_us"] >= r["static_us"] * 0.999 for r in table.values())
 
 
 def test_training_step_rounds_time_the_same_work():
