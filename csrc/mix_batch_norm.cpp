@@ -54,9 +54,11 @@ void check_prescale(const std::optional<Tensor>& prescale, const Tensor& x) {
                    x.scalar_type(), ", got ", prescale->scalar_type());
 }
 
-// z = s * x, per (sample, channel): training's prescale.
+// z = s * x per (sample, channel), in the accumulation type (half z would round what the statistics see):
+// training's prescale.
 Tensor prescaled(const Tensor& x, const Tensor& prescale) {
-  return x * prescale.view({x.size(0), x.size(1), 1, 1});
+  const auto acc = at::toOpMathType(x.scalar_type());
+  return x.to(acc) * prescale.to(acc).view({x.size(0), x.size(1), 1, 1});
 }
 
 }  // namespace
@@ -90,7 +92,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> mix_batch_norm(
                                            eps, mean, invstd);
   if (!run_mean.is_same(running_mean)) running_mean.copy_(run_mean);
   if (!run_var.is_same(running_var)) running_var.copy_(run_var);
-  return {y, mean, invstd, sample_mean, sample_var};
+  return {y.to(x_in.scalar_type()), mean, invstd, sample_mean, sample_var};
 }
 
 namespace {
@@ -186,11 +188,12 @@ Grads mix_batch_norm_backward(const Tensor& grad_y, const Tensor& mean, const Te
   // Training: the backward of z = s * x, then dx = s * dz and ds = sum_p dz * x.
   auto mask = output_mask;
   mask[0] = true;
-  auto [dz, dcoeff, dweight, dbias, unused] = backward(grad_y, mean, invstd, sample_mean, sample_var,
+  auto [dz, dcoeff, dweight, dbias, unused] = backward(grad_y.to(acc), mean, invstd, sample_mean, sample_var,
                                                        prescaled(x, *prescale), coeff, weight, bias, true, eps, mask,
                                                        Tensor());
-  auto dprescale = at::sum(dz * x, {2, 3}, false, acc).to(prescale->scalar_type());
-  return {output_mask[0] ? prescaled(dz, *prescale) : x.new_empty({0}), dcoeff, dweight, dbias, dprescale};
+  auto dprescale = at::sum(dz * x, {2, 3}).to(prescale->scalar_type());
+  return {output_mask[0] ? prescaled(dz, *prescale).to(x.scalar_type()) : x.new_empty({0}), dcoeff, dweight, dbias,
+          dprescale};
 }
 
 TORCH_LIBRARY_IMPL(awnet, CPU, m) {

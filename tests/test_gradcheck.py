@@ -37,11 +37,11 @@ def test_aw_conv2d_gradcheck(backend, shapes, level, conv_args):
     assert torch.autograd.gradcheck(conv, inputs, fast_mode=True)
 
 
-@pytest.mark.parametrize("banks", [1, 2])
 # attack: eval, gradients for x and coeff only; update: training, no coefficient gradient (a forced route);
-# prescale-*: with a folded omega, whose gradient is checked too.
-@pytest.mark.parametrize("mode", ["train", "eval", "attack", "update", "prescale-eval", "prescale-attack",
-                                  "prescale-train"])
+# prescale-*: with a folded omega, whose gradient is checked too (with two banks: it does not depend on K).
+@pytest.mark.parametrize("mode,banks", [(mode, banks) for mode in ("train", "eval", "attack", "update")
+                                        for banks in (1, 2)]
+                         + [("prescale-eval", 2), ("prescale-attack", 2), ("prescale-train", 2)])
 def test_mix_batch_norm_gradcheck(backend, mode, banks):
     training = mode in ("train", "update", "prescale-train")
     torch.manual_seed(0)
