@@ -32,37 +32,30 @@ class Launch(NamedTuple):
     hbm_bytes: float  # compulsory: every tensor once
 
 
-def _tiles(n: int, block: int) -> int:
-    return math.ceil(n / block) * block
+def _blend_in_loop(programs: int, reduction: int, banks: int, cfg: Config) -> tuple[float, float]:
+    """FLOPs and operand bytes of a blend-in-loop kernel's programs: per BLOCK_K step of the reduction an
+    activation tile, K bank tiles blended in registers (K >= 2), one dot."""
+    steps = programs * math.ceil(reduction / cfg.block_k)
+    flops = steps * 2 * cfg.block_m * cfg.block_k * (cfg.block_n + (banks if banks > 1 else 0))
+    return flops, steps * (cfg.block_n + banks * cfg.block_m) * cfg.block_k * ELEMENT
 
 
 def forward(s: ConvShape, batch: int, banks: int, cfg: Config) -> Launch:
-    """Grid (B * pixel tiles, filter tiles); per program the reduction in BLOCK_K steps: an x tile, K bank
-    tiles blended in registers (K >= 2), one dot."""
+    """Grid (B * output-pixel tiles, filter tiles), reduction over (C_in, kH, kW)."""
     pixels, reduction = s.out_size ** 2, s.c_in * s.kernel ** 2
     programs = batch * math.ceil(pixels / cfg.block_n) * math.ceil(s.c_out / cfg.block_m)
-    steps = math.ceil(reduction / cfg.block_k)
-    flops = programs * steps * 2 * cfg.block_m * cfg.block_n * cfg.block_k
-    if banks > 1:
-        flops += programs * steps * 2 * banks * cfg.block_m * cfg.block_k
-    operands = programs * steps * (cfg.block_k * cfg.block_n + banks * cfg.block_m * cfg.block_k) * ELEMENT
     hbm = (batch * s.c_in * s.size ** 2 + banks * s.c_out * reduction + batch * s.c_out * pixels) * ELEMENT
-    return Launch(flops, operands, hbm)
+    return Launch(*_blend_in_loop(programs, reduction, banks, cfg), hbm)
 
 
 def input_grad(s: ConvShape, batch: int, banks: int, cfg: Config) -> Launch:
-    """Grid (B * input-pixel tiles, input-channel tiles), reduction over (C_out, kH, kW): a dy tile gathered
-    where the stride lands (the dot still runs the masked taps), K transposed bank tiles blended."""
+    """Grid (B * input-pixel tiles, input-channel tiles), reduction over (C_out, kH, kW): the dy tile is
+    gathered where the stride lands, and the dot still runs the masked taps."""
     pixels, reduction = s.size ** 2, s.c_out * s.kernel ** 2
     programs = batch * math.ceil(pixels / cfg.block_n) * math.ceil(s.c_in / cfg.block_m)
-    steps = math.ceil(reduction / cfg.block_k)
-    flops = programs * steps * 2 * cfg.block_m * cfg.block_n * cfg.block_k
-    if banks > 1:
-        flops += programs * steps * 2 * banks * cfg.block_m * cfg.block_k
-    operands = programs * steps * (cfg.block_k * cfg.block_n + banks * cfg.block_m * cfg.block_k) * ELEMENT
     hbm = (batch * s.c_out * s.out_size ** 2 + banks * s.c_out * s.c_in * s.kernel ** 2
            + batch * s.c_in * pixels) * ELEMENT
-    return Launch(flops, operands, hbm)
+    return Launch(*_blend_in_loop(programs, reduction, banks, cfg), hbm)
 
 
 def weight_coeff_grad(s: ConvShape, batch: int, banks: int, cfg: Config) -> Launch:

@@ -522,14 +522,16 @@ def test_omega_folded_into_the_mixbn_computes_the_unfolded_network(name, folds):
 
 def test_only_a_one_bank_bias_free_convolution_feeding_only_its_mixbn_is_folded():
     torch.manual_seed(0)
+    shared = nn.Conv2d(8, 8, 3, padding=1, bias=False)
     static = nn.Sequential(
         nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8),  # folded
         nn.Conv2d(8, 8, 3, bias=True), nn.BatchNorm2d(8),  # a bias: not
         nn.Conv2d(8, 8, 3, bias=False), nn.ReLU(), nn.BatchNorm2d(8),  # something between: not
+        shared, nn.ReLU(), shared, nn.BatchNorm2d(8),  # called twice: not
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
     aw = awnet.convert(static)
-    assert [m.folded for m in aw.modules() if isinstance(m, AWConv2d)] == [True, False, False]
-    assert [m.prescale_conv for m in aw.modules() if isinstance(m, MixBatchNorm2d)] == [0, None, None]
+    assert [m.folded for m in aw.modules() if isinstance(m, AWConv2d)] == [True, False, False, False]
+    assert [m.prescale_conv for m in aw.modules() if isinstance(m, MixBatchNorm2d)] == [0, None, None, None]
     two_banks = awnet.convert(static, banks=2)
     assert not any(m.folded for m in two_banks.modules() if isinstance(m, AWConv2d))
     perturb_signal_heads(aw)

@@ -7,6 +7,8 @@ that sees the same input. `awnet.convert` makes one from any static CNN.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,18 +30,21 @@ def omega_folds(body: nn.Module) -> list[tuple[AWConv2d, MixBatchNorm2d]]:
     """The (AWConv2d, MixBatchNorm2d) pairs of `body` where the convolution's output goes only into the MixBN
     and the convolution has one bank and no bias: there omega can scale the MixBN's input instead of the
     convolution's output (DESIGN.md section 3), which in eval the MixBN's per-(sample, channel) map absorbs.
-    Found by tracing the body with torch.fx; a body it cannot trace has none (it runs as it is)."""
+    Both must be called once per forward (a shared layer's other calls would lose or gain omega). Found by
+    tracing the body with torch.fx; a body it cannot trace has none (it runs as it is)."""
     try:
         graph = _LayerTracer().trace(body)
     except Exception:  # data-dependent Python in a user's CNN: no fold, nothing else changes
         return []
     modules = dict(body.named_modules())
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
     pairs = []
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules.get(node.target), MixBatchNorm2d) or not node.args:
             continue
         source, norm = node.args[0], modules[node.target]
-        if not isinstance(source, torch.fx.Node) or source.op != "call_module" or len(source.users) != 1:
+        if (not isinstance(source, torch.fx.Node) or source.op != "call_module" or len(source.users) != 1
+                or calls[source.target] != 1 or calls[node.target] != 1):
             continue
         conv = modules.get(source.target)
         if (isinstance(conv, AWConv2d) and conv.banks == 1 and conv.bias is None
