@@ -99,8 +99,9 @@ namespace {
 
 using Grads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 
-// The backward, checked; in training of a call without a prescale (the caller passes z), in eval with the
-// prescale in the accumulation type (or undefined), whose gradient comes back in that type.
+// The backward of arguments `mix_batch_norm_backward` has checked: in training of a call without a prescale
+// (the caller passes z), in eval with the prescale in the accumulation type (or undefined), whose gradient
+// comes back in that type.
 Grads backward(const Tensor& grad_y, const Tensor& mean, const Tensor& invstd, const Tensor& sample_mean,
                const Tensor& sample_var, const Tensor& x, const Tensor& coeff, const Tensor& weight, const Tensor& bias,
                bool training, double eps, std::array<bool, 4> output_mask, const Tensor& prescale) {
