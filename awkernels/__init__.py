@@ -2,8 +2,8 @@
 
 One op contract (DESIGN.md section 2), several backends: `reference` (plain PyTorch, the oracle), `cpp`
 and `cuda` (the C++ extension on CPU and GPU), `triton`. A backend is a set of strategies (how the op is
-computed: scaled, stacked, blend, grouped); `auto` picks the strategy per call from measured winners, and
-`explain(...)` says which and why.
+computed: scaled, stacked, epilogue, blend, grouped); `auto` picks the strategy per call from measured
+winners, and `explain(...)` says which and why.
 """
 from ._backend import available_backends, current_backend, use_backend
 from ._extension import build_info

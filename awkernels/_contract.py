@@ -42,11 +42,14 @@ BN_SCHEMAS = {
                                "(Tensor, Tensor, Tensor, Tensor, Tensor)",
 }
 
-# The Triton implementations: the same argument lists. Its MixBN is functional (a Python op with autograd
-# must not mutate its inputs): the running statistics' new values come back in place of the per-sample
-# moments, and the caller writes them into the buffers.
+# The Triton implementations: the same argument lists. Its convolution has two autograd forms, like the
+# C++ pair: `aw_conv2d_triton` keeps nothing for the backward, `aw_conv2d_triton_forward` keeps what the
+# strategy's dcoeff reads (its fake is the Triton module's: the kept shape depends on the strategy). Its
+# MixBN is functional (a Python op with autograd must not mutate its inputs): the running statistics' new
+# values come back in place of the per-sample moments, and the caller writes them into the buffers.
 TRITON_SCHEMAS = {
     "aw_conv2d_triton": CONV_SCHEMAS["aw_conv2d"],
+    "aw_conv2d_triton_forward": CONV_SCHEMAS["aw_conv2d_forward"],
     "aw_conv2d_triton_backward": CONV_SCHEMAS["aw_conv2d_backward"],
     "mix_batch_norm_triton": BN_SCHEMAS["mix_batch_norm"].replace("(a!) ", " ").replace("(b!) ", " "),
     "mix_batch_norm_triton_backward": BN_SCHEMAS["mix_batch_norm_backward"],
@@ -121,7 +124,11 @@ for _names, _fake in ((("aw_conv2d", "aw_conv2d_triton"), _conv_fake), (("aw_con
 # formula): the backward op gets the forward's inputs and the gradients to compute, skipping the others.
 def _conv_setup_context(ctx, inputs, output):
     x, weight, coeff, bias, *geometry = inputs
-    ctx.save_for_backward(x, weight, coeff, bias)
+    saved = None
+    if isinstance(output, tuple):  # (y, what the backward reads)
+        saved = output[1]
+        ctx.mark_non_differentiable(saved)
+    ctx.save_for_backward(x, weight, coeff, bias, saved)
     ctx.geometry = geometry
 
 
@@ -133,17 +140,19 @@ def _bn_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(mean, invstd, new_mean, new_var)
 
 
-def register_autograd(name: str) -> None:
-    """The autograd of `awnet::<name>`, a forward of the contract, through `awnet::<name>_backward`."""
-    backward_op = getattr(torch.ops.awnet, f"{name}_backward")
+def register_autograd(name: str, backward_name: str | None = None) -> None:
+    """The autograd of `awnet::<name>`, a forward of the contract, through `awnet::<backward_name>`
+    (`<name>_backward` unless given)."""
+    backward_op = getattr(torch.ops.awnet, backward_name or f"{name}_backward")
     conv = name.startswith("aw_conv2d")
 
-    def backward(ctx, grad_y, *_grad_statistics):
+    def backward(ctx, grad_y, *_grad_saved_or_statistics):
         mask = [bool(n) for n in ctx.needs_input_grad[:4]]
         if conv:
-            x, weight, coeff, bias = ctx.saved_tensors
+            x, weight, coeff, bias, saved = ctx.saved_tensors
             mask[3] = mask[3] and bias is not None
-            grads = backward_op(grad_y, x.new_empty(0), x, weight, coeff, bias, *ctx.geometry, mask)
+            saved = saved if saved is not None else x.new_empty(0)
+            grads = backward_op(grad_y, saved, x, weight, coeff, bias, *ctx.geometry, mask)
             rest = (None,) * (len(ctx.needs_input_grad) - 4)  # the geometry
         else:
             mean, invstd, x, coeff, weight, bias, prescale = ctx.saved_tensors

@@ -1,8 +1,8 @@
 """Strategies: how `aw_conv2d` is computed (DESIGN.md section 3), and which one runs a call.
 
 A strategy serves some cases and runs through one backend's implementation on each device; a backend is
-the set of strategies its device offers (`cpp`/`cuda`: scaled and stacked; `triton`: blend; `reference`:
-grouped). A chosen backend runs its strategy for the case. `auto` picks among the strategies available on
+the set of strategies its device offers (`cpp`/`cuda`: scaled and stacked; `triton`: epilogue and blend;
+`reference`: grouped). A chosen backend runs its strategy for the case. `auto` picks among the strategies available on
 the input's device by the table of measured winners, `strategy_table.json` (written by
 `python -m bench.strategy_table` from the benchmark results), and for a call it has no measurement of, by
 the nearest measured one: same device; then, in order, the same dtype, the same pass (inference,
@@ -10,8 +10,8 @@ training, attack), the nearest K, the same coefficient level, and the nearest ou
 weight size (log scale), if those are within 8x of the call's (a winner is not extrapolated further: tiny
 layers, where host time decides, are not like any measured one). A winner other than the rule's pick must be
 at least 5% faster than it there (a smaller win is run-to-run noise). Otherwise the rule: the first of scaled,
-stacked, blend, grouped that serves the case (one vendor convolution first). `explain(...)` says which strategy a
-call gets and why; the `awkernels` logger says it at DEBUG level once per distinct call.
+stacked, epilogue, blend, grouped that serves the case (one vendor convolution first). `explain(...)` says
+which strategy a call gets and why; the `awkernels` logger says it at DEBUG level once per distinct call.
 """
 from __future__ import annotations
 
@@ -53,6 +53,24 @@ class ConvCall(NamedTuple):
                 f"{self.out_pixels} output pixels per sample")
 
 
+EPILOGUE_BANKS = 2
+# With K = 2 the epilogue strategy does two convolutions' FLOPs; blend-in-loop does one, in tiles of one
+# sample's output pixels (64 wide): below a full tile per sample the epilogue's sample-spanning tiles win.
+EPILOGUE_MAX_PIXELS_K2 = 63
+
+
+def epilogue_refuses(banks: int, groups: int, out_pixels: int) -> str | None:
+    """Why the Triton epilogue kernels do not serve a call (None: they do); the triton backend follows it."""
+    if groups != 1:
+        return f"it serves groups=1, not groups={groups}"
+    if banks > EPILOGUE_BANKS:
+        return f"it keeps one accumulator per bank: K <= {EPILOGUE_BANKS}, not {banks}"
+    if banks == 2 and out_pixels > EPILOGUE_MAX_PIXELS_K2:
+        return (f"with K = 2 it does two convolutions' FLOPs, which pays below a full 64-pixel tile per sample; "
+                f"this call has {out_pixels} output pixels per sample (blend-in-loop does one convolution's)")
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Strategy:
     name: str
@@ -68,6 +86,9 @@ STRATEGIES = (
     Strategy("stacked", "the K banks stacked along C_out through one vendor convolution, the per-sample blend "
              "in one fused pass (K times the FLOPs)", ("cpp", "cuda"),
              lambda c: None if c.banks >= 2 else "K = 1 is the scaled strategy"),
+    Strategy("epilogue", "Triton implicit-GEMM kernels whose tiles span samples (rows: sample x output pixel), "
+             "one accumulator per bank and the per-sample scale (K = 1) or blend (K = 2) in the epilogue",
+             ("triton",), lambda c: epilogue_refuses(c.banks, c.groups, c.out_pixels)),
     Strategy("blend", "Triton implicit-GEMM kernels blending the K bank tiles per sample in the reduction loop",
              ("triton",), lambda c: (f"it serves groups=1, not groups={c.groups}" if c.groups != 1 else
                                      f"it holds the K bank tiles in registers: K <= {MAX_BLEND_BANKS}, not {c.banks}"
@@ -209,7 +230,8 @@ def auto_choice(call: ConvCall) -> Choice:
         return measured
     first = next(iter(candidates))  # STRATEGIES is in the rule's order; grouped serves every call
     return Choice(first, candidates[first], f"no measured case on {call.device} within {MAX_SHAPE_RATIO:g}x of "
-                  "this shape: the rule (scaled, stacked, blend, grouped: the first that serves the call and runs "
+                  "this shape: the rule (scaled, stacked, epilogue, blend, grouped: the first that serves the call and "
+                  "runs "
                   "here)")
 
 

@@ -6,7 +6,7 @@ import torch
 from . import _backend, _strategy, _validate, reference
 
 if _backend.HAS_TRITON:
-    from .triton.aw_conv2d import aw_conv2d_triton
+    from .triton.aw_conv2d import aw_conv2d_triton, aw_conv2d_triton_forward
 
 
 def aw_conv2d(
@@ -41,6 +41,8 @@ def aw_conv2d(
         bias = bias.to(dtype) if bias is not None else None
     backend, stride, padding, dilation = _plan(x, weight, coeff, bias, stride, padding, dilation, groups)
     if backend == "triton":
+        if coeff.requires_grad and torch.is_grad_enabled():  # the form that keeps what dcoeff reads
+            return aw_conv2d_triton_forward(x, weight, coeff, bias, stride, padding, dilation, groups)[0]
         return aw_conv2d_triton(x, weight, coeff, bias, stride, padding, dilation, groups)
     if backend in ("cpp", "cuda"):  # the C++ extension, registered for both devices
         return torch.ops.awnet.aw_conv2d(x, weight, coeff, bias, stride, padding, dilation, groups)

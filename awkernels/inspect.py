@@ -34,18 +34,21 @@ import sys
 import time
 from typing import Callable
 
+import torch
 import triton
 import triton.language as tl
 from triton import knobs
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .triton import aw_conv2d, mix_batch_norm
-from .triton.config import CANDIDATES
+from .triton import aw_conv2d, epilogue, mix_batch_norm
+from .triton.config import CANDIDATES, candidate_list
 
 # float32's dots run as TF32 by default (torch's cudnn.allow_tf32) and in IEEE float32 when TF32 is off
 # (awkernels.triton.config.dot_precision): two compilations of every kernel with dots.
 ELEMENT = {"float32": "fp32", "float32-ieee": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+TORCH_DTYPE = {"float32": torch.float32, "float32-ieee": torch.float32, "float16": torch.float16,
+               "bfloat16": torch.bfloat16}
 
 # The most shared memory one block may have (cudaDevAttrMaxSharedMemoryPerBlockOptin, which Triton checks at
 # launch): the SM's 228 KB (sm_90) or 164 KB (sm_80) less the 1 KB the driver reserves per block.
@@ -62,12 +65,20 @@ class KernelSpec:
     pointers: Callable[[str, dict], dict[str, str]]  # (element type, variant) -> {argument: "*bf16", ...}
     constants: Callable[[str, dict], dict]  # (dtype, variant) -> the constexprs that are not tile sizes
     variants: tuple[dict, ...]  # code-path constexprs; the first is the default
-    configs: tuple[tuple[dict, int, int], ...]  # (tile constexprs, num_warps, num_stages)
+    # (tile constexprs, num_warps, num_stages) entries; or the kernel kind in CANDIDATES whose list for each
+    # dtype (config.candidate_list, as the host picks it) is compiled; or (dtype, variant) -> that list's name
+    configs: tuple[tuple[dict, int, int], ...] | str | Callable[[str, dict], str]
     main_loop_dots: bool  # a tl.dot in the main loop, which should run on the tensor cores
-    ieee_configs: tuple[tuple[dict, int, int], ...] = ()  # float32-ieee's own, where the host picks others
 
-    def configs_for(self, dtype: str) -> tuple[tuple[dict, int, int], ...]:
-        return self.ieee_configs if dtype == "float32-ieee" and self.ieee_configs else self.configs
+    def candidates(self, dtype: str, variant: dict) -> str | None:
+        """The CANDIDATES list the host launches this kernel's variant with in `dtype` (None: fixed tiles)."""
+        if isinstance(self.configs, str):
+            return candidate_list(self.configs, TORCH_DTYPE[dtype], dtype == "float32-ieee")
+        return self.configs(dtype, variant) if callable(self.configs) else None
+
+    def configs_for(self, dtype: str, variant: dict) -> tuple[tuple[dict, int, int], ...]:
+        kind = self.candidates(dtype, variant)
+        return self.configs if kind is None else _configs(kind)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,11 +112,11 @@ class Result:
     wgmma: bool = False
 
 
-def _conv_configs(kind: str) -> tuple[tuple[dict, int, int], ...]:
+def _configs(kind: str) -> tuple[tuple[dict, int, int], ...]:
     # samples_per_program only splits the launch grid: configurations differing in it are one kernel.
     configs = []
     for cfg in CANDIDATES[kind]:
-        entry = (dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k), cfg.num_warps, cfg.num_stages)
+        entry = (cfg.tiles(), cfg.num_warps, cfg.num_stages)
         if entry not in configs:
             configs.append(entry)
     return tuple(configs)
@@ -135,36 +146,65 @@ def _mixbn_pointers(tensors: tuple[str, ...], statistics: tuple[str, ...]) -> Ca
     return lambda element, variant: {**{n: f"*{element}" for n in tensors}, **{n: "*fp32" for n in statistics}}
 
 
-# The MixBN kernels have one configuration, launched with Triton's default warps and stages.
-_MIXBN_CONFIGS = ((dict(BLOCK_C=mix_batch_norm._BLOCK_C, BLOCK_P=mix_batch_norm._BLOCK_P), 4, 3),)
 _BANKS = (2, 1, 3)  # K = 1 skips the blend, K = 3 pads the bank axis to 4
+_EPILOGUE_BANKS = (2, 1)  # one accumulator per bank: the epilogue strategy serves K <= 2
+
+
+def _epilogue_constants(dtype: str, variant: dict) -> dict:
+    return _conv_constants(dtype, variant, padded_banks=False)
+
+
+def _epilogue_input_grad_pointers(element: str, variant: dict) -> dict[str, str]:
+    return {**_same_type("dy_ptr", "w_ptr", "a_ptr", "dx_ptr")(element, variant), "taps_ptr": "*i32"}
+
 
 KERNELS: dict[str, KernelSpec] = {
     "conv.forward": KernelSpec(
         aw_conv2d._forward_kernel, _same_type("x_ptr", "w_ptr", "a_ptr", "bias_ptr", "y_ptr"), _conv_constants,
         tuple(dict(BANKS=k, HAS_BIAS=bias) for k in _BANKS for bias in (True, False)),
-        _conv_configs("forward"), main_loop_dots=True),
+        "forward", main_loop_dots=True),
     "conv.input_grad": KernelSpec(
         aw_conv2d._input_grad_kernel, _same_type("dy_ptr", "w_ptr", "a_ptr", "dx_ptr"), _conv_constants,
-        tuple(dict(BANKS=k) for k in _BANKS), _conv_configs("input_grad"), main_loop_dots=True,
-        ieee_configs=_conv_configs("input_grad.ieee")),
+        tuple(dict(BANKS=k) for k in _BANKS), "input_grad", main_loop_dots=True),
     "conv.weight_coeff_grad": KernelSpec(
         aw_conv2d._weight_coeff_grad_kernel, _weight_grad_pointers,
-        lambda dtype, variant: _conv_constants(dtype, variant, padded_banks=False),
+        lambda dtype, variant: dict(_conv_constants(dtype, variant, padded_banks=False),
+                                    BANKS_PER_PROGRAM=aw_conv2d.banks_per_program(variant["BANKS"])),
         tuple(dict(BANKS=k, NEED_WEIGHT=w, NEED_COEFF=c) for k in _BANKS
               for w, c in ((True, True), (True, False), (False, True))),
-        _conv_configs("weight_grad"), main_loop_dots=True, ieee_configs=_conv_configs("weight_grad.ieee")),
+        lambda dtype, variant: aw_conv2d.weight_grad_candidates(variant["BANKS"], TORCH_DTYPE[dtype],
+                                                                dtype == "float32-ieee"),
+        main_loop_dots=True),
+    "epilogue.forward": KernelSpec(
+        epilogue._forward_kernel, _same_type("x_ptr", "w_ptr", "a_ptr", "bias_ptr", "y_ptr", "saved_ptr"),
+        _epilogue_constants, tuple(dict(BANKS=k, HAS_BIAS=bias, KEEP=keep) for k in _EPILOGUE_BANKS
+                                   for bias in (True, False) for keep in (True, False)),
+        "epilogue.forward", main_loop_dots=True),
+    "epilogue.input_grad": KernelSpec(
+        epilogue._input_grad_kernel, _epilogue_input_grad_pointers, _epilogue_constants,
+        tuple(dict(BANKS=k) for k in _EPILOGUE_BANKS), "epilogue.input_grad", main_loop_dots=True),
+    "epilogue.weight_grad": KernelSpec(
+        epilogue._weight_grad_kernel,
+        lambda element, variant: {**_same_type("dy_ptr", "x_ptr", "a_ptr")(element, variant), "dw_ptr": "*fp32"},
+        _epilogue_constants, tuple(dict(BANKS=k) for k in _EPILOGUE_BANKS), "epilogue.weight_grad",
+        main_loop_dots=True),
+    "epilogue.coeff_grad": KernelSpec(
+        epilogue._coeff_grad_kernel, _mixbn_pointers(("dy_ptr", "saved_ptr"), ("da_ptr", "dy_sum_ptr")),
+        lambda dtype, variant: dict(ACC=tl.float32, **variant),
+        tuple(dict(BANKS=k, NEED_COEFF=c) for k in _EPILOGUE_BANKS for c in (True, False)),
+        ((dict(BLOCK_O=epilogue._BLOCK_O, BLOCK_P=epilogue._BLOCK_P), 4, epilogue._COEFF_STAGES),),
+        main_loop_dots=False),
     "mixbn.plane_sums": KernelSpec(
         mix_batch_norm._plane_sums_kernel,
         _mixbn_pointers(("x_ptr", "dy_ptr"), ("mean_ptr", "m2_ptr", "dy_sum_ptr", "dy_x_sum_ptr")),
         lambda dtype, variant: dict(ACC=tl.float32, **variant),
         tuple(dict(MOMENTS=m, GRAD_SUMS=g) for m, g in ((True, True), (True, False), (False, True))),
-        _MIXBN_CONFIGS, main_loop_dots=False),
+        "mixbn.sums", main_loop_dots=False),
     "mixbn.plane_affine": KernelSpec(
         mix_batch_norm._plane_affine_kernel,
         _mixbn_pointers(("u_ptr", "v_ptr", "out_ptr"), ("scale_u_ptr", "scale_v_ptr", "shift_ptr")),
         lambda dtype, variant: dict(ACC=tl.float32, **variant),
-        tuple(dict(HAS_V=v) for v in (True, False)), _MIXBN_CONFIGS, main_loop_dots=False),
+        tuple(dict(HAS_V=v) for v in (True, False)), "mixbn.affine", main_loop_dots=False),
 }
 
 
@@ -180,7 +220,7 @@ def jobs(archs=(90,), every_variant=False, banks=_BANKS, kernels="awkernels.insp
             for arch in archs for name, spec in registry(kernels).items()
             for variant in (spec.variants if every_variant else spec.variants[:1]) if variant.get("BANKS", 1) in banks
             for dtype in ELEMENT if spec.main_loop_dots or dtype != "float32-ieee"
-            for tiles, warps, stages in spec.configs_for(dtype)]
+            for tiles, warps, stages in spec.configs_for(dtype, variant)]
 
 
 def _ptxas_number(pattern: str, log: str) -> int:

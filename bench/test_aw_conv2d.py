@@ -7,7 +7,7 @@ Implementations: `static` (one bank, the plain convolution the AW-Net replaces),
 per-sample weights and one grouped convolution), `plain` (the plain PyTorch a user would write: for K = 1
 the convolution then the per-(sample, filter) scale, for K >= 2 cuDNN/oneDNN on the banks stacked along the
 output channels, then the per-sample blend), every awkernels backend that runs on this device (each runs
-its strategy for the case: scaled or stacked, blend, grouped; recorded as `strategy`, which
+its strategy for the case: scaled or stacked, epilogue or blend, grouped; recorded as `strategy`, which
 `python -m bench.strategy_table` turns into the table `auto` chooses by) and `auto` (what that table gives).
 Passes: `fwd` (inference), `fwdbwd` (every gradient), `attack` (dx and dcoeff only: an attack step).
 On a GPU: batch 128 (AWNET_BENCH_BATCH), ResNet-18 and WRN-34-10 shapes (AWNET_BENCH_MODELS), bfloat16 for every pass and

@@ -59,6 +59,10 @@ CASES = [
     ConvCase("K2-filter-bias-3x3"),
     ConvCase("K2-filter-bias-3x3-f64", dtype=F64),
     ConvCase("K1-filter-1x1-nobias", banks=1, kernel=(1, 1), bias=False),
+    # 100 output pixels per sample: triton's K = 2 blend-in-loop kernels (below 64, its epilogue kernels)
+    ConvCase("K2-filter-10x10-p1", size=(10, 10), padding=1),
+    # 64 output pixels, stride 2: triton's blend strategy with the epilogue's input gradient by stride phase
+    ConvCase("K2-layer-s2-p1-16x16", level="layer", size=(16, 16), stride=2, padding=1),
     ConvCase("K3-layer-s2-p1", banks=3, level="layer", stride=2, padding=1),
     ConvCase("K2-layer-3x1-s2x1-p1x2-f64", level="layer", kernel=(3, 1), stride=(2, 1), padding=(1, 2), dtype=F64),
     ConvCase("K2-filter-g2-d2-p2", groups=2, dilation=2, padding=2),

@@ -70,19 +70,34 @@ def test_results_file_and_report(tmp_path):
 
 
 def test_roofline_model_counts_a_static_convolution_and_the_tiles_padding():
-    """bench.roofline: where the tiles divide the shape a K = 1 kernel executes a static convolution's FLOPs;
-    layer4's 16 pixels fill a quarter of the forward's 64-pixel tile, and a stride-2 input gradient runs the
-    three masked taps of every four; the weight gradient of K banks forms G_b once per bank."""
+    """bench.roofline: the epilogue strategy (K = 1 everywhere, K = 2 below 64 output pixels) executes a static
+    convolution's FLOPs per bank where the tiles divide the shape, layer4's 16 pixels included (its tiles span
+    samples), and its input gradient runs only the taps of each stride phase; the stem's 3 input channels fill a
+    fraction of a reduction step. The blend strategy's layer4 fills a quarter of its 64-pixel tile, its own
+    stride-2 input gradient (K > 2) runs the three masked taps of every four, and its weight gradient forms G_b
+    once for a pair of banks, once per bank beyond."""
     from bench.roofline import rows
 
     table = {(r["K"], r["layer"], r["kernel"]): r for r in rows(128, [1, 2])}
-    assert len(table) == 2 * 11 * 3
+    assert {r["strategy"] for k, r in table.items() if k[0] == 1} == {"epilogue"}
+    assert len([k for k in table if k[0] == 1]) == 11 * 4
     layer1 = table[1, "layer1", "forward"]
     assert layer1["gflop"] * 1e9 == 2 * 128 * 64 * 32 * 32 * 64 * 9 and layer1["flop_ratio"] == 1.0
-    assert table[1, "layer4", "forward"]["flop_ratio"] == 4.0
-    assert table[1, "layer2.down", "input_grad"]["flop_ratio"] == 4.0
-    assert table[2, "layer1", "weight_coeff_grad"]["flop_ratio"] == 2.0
-    assert all(r["roofline_us"] >= r["static_us"] * 0.999 for r in table.values())
+    assert table[1, "layer4", "forward"]["flop_ratio"] == 1.0
+    assert table[1, "layer2.down", "input_grad"]["flop_ratio"] == 1.0
+    assert table[1, "stem", "forward"]["flop_ratio"] > 10
+    assert table[2, "layer4", "forward"]["strategy"] == "epilogue"
+    assert table[2, "layer4", "forward"]["flop_ratio"] == 2.0
+    assert table[2, "layer1", "forward"]["strategy"] == "blend"
+    assert all(r["roofline_us"] >= r["static_us"] * 0.999 for r in table.values() if r["kernel"] != "coeff_grad")
+
+    blend = {(r["K"], r["layer"], r["kernel"]): r for r in rows(128, [1, 2], "blend")}
+    assert blend[1, "layer4", "forward"]["flop_ratio"] == 4.0
+    assert blend[2, "layer2.down", "input_grad"]["flop_ratio"] == 2.0  # by stride phase, one dot per bank
+    assert blend[2, "layer1", "weight_coeff_grad"]["flop_ratio"] == 1.0
+    three = {(r["layer"], r["kernel"]): r for r in rows(128, [3], "blend")}
+    assert three["layer1", "weight_coeff_grad"]["flop_ratio"] == 3.0
+    assert three["layer2.down", "input_grad"]["flop_ratio"] > 4  # its own kernel: the masked taps
 
 
 def test_training_step_rounds_time_the_same_work():

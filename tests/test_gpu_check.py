@@ -20,7 +20,7 @@ SCRIPT = os.path.join(REPO_ROOT, "scripts", "gpu-check")
 PARITY = [f"parity-{backend}-{dtype}" for backend in ("triton", "cuda")
           for dtype in ("float32", "tf32", "float16", "bfloat16")]
 STEPS = ["environment", "install", "bench-conv", "bench-mixbn", "bench-train-step", "bench-report", *PARITY,
-         "graph-step", "sanitizer", "step-memory"]
+         "triton-configs", "graph-step", "sanitizer", "step-memory"]
 
 
 def _gpu_check() -> dict:
@@ -137,7 +137,7 @@ def test_a_prebuilt_extension_is_used_only_for_this_torch_python_and_arch(tmp_pa
     assert gpu_check["prebuilt_unusable"]("9.0", str(tmp_path)).startswith("there is no awkernels/_C.cpython")
 
 
-def test_sanitizer_runs_one_conv_and_one_mixbn_case_per_gpu_backend():
+def test_sanitizer_runs_cases_that_launch_every_kernel_on_each_gpu_backend():
     gpu_check = _gpu_check()
     run = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
                           *gpu_check["PARITY_FILES"], "-k", gpu_check["SANITIZER_CASES"]],
@@ -147,6 +147,8 @@ def test_sanitizer_runs_one_conv_and_one_mixbn_case_per_gpu_backend():
     assert selected == sorted(
         f"{file}::{test}[{backend}-{case}]" for backend in ("triton", "cuda") for file, test, case in (
             ("tests/test_aw_conv2d.py", "test_parity_output_and_all_gradients", "K2-filter-bias-3x3"),
+            ("tests/test_aw_conv2d.py", "test_parity_output_and_all_gradients", "K1-filter-1x1-nobias"),
+            ("tests/test_aw_conv2d.py", "test_parity_output_and_all_gradients", "K2-filter-10x10-p1"),
             ("tests/test_mix_batch_norm.py", "test_parity_output_gradients_and_running_stats", "train-K2-hard"))), \
         selected
 

@@ -37,14 +37,16 @@ def table(monkeypatch):
     _strategy.clear()
 
 
-@pytest.mark.parametrize("backend,banks,expected", [
-    ("reference", 1, "grouped"), ("reference", 2, "grouped"), ("cpp", 1, "scaled"), ("cpp", 3, "stacked"),
-    ("triton", 2, "blend")])
-def test_a_chosen_backend_runs_its_strategy(backend, banks, expected):
+# (backend, K, input side (3x3, no padding: 6x6 or 8x8 output pixels), strategy): triton's epilogue serves
+# K = 1, and K = 2 below 64 output pixels per sample; blend-in-loop the rest.
+@pytest.mark.parametrize("backend,banks,size,expected", [
+    ("reference", 1, 8, "grouped"), ("reference", 2, 8, "grouped"), ("cpp", 1, 8, "scaled"), ("cpp", 3, 8, "stacked"),
+    ("triton", 1, 10, "epilogue"), ("triton", 2, 8, "epilogue"), ("triton", 2, 10, "blend"), ("triton", 3, 8, "blend")])
+def test_a_chosen_backend_runs_its_strategy(backend, banks, size, expected):
     if backend not in awkernels.available_backends():
         pytest.skip(f"backend {backend!r} not in this install")
     with awkernels.use_backend(backend):
-        choice = awkernels.explain(*conv_args(banks=banks))
+        choice = awkernels.explain(*conv_args(banks=banks, size=size))
     assert (choice.strategy, choice.backend) == (expected, backend)
     assert f"backend {backend!r} was selected" in str(choice)
 

@@ -16,7 +16,7 @@ triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
 from awkernels import inspect  # noqa: E402
-from awkernels.triton import aw_conv2d, mix_batch_norm  # noqa: E402
+from awkernels.triton import aw_conv2d, epilogue, mix_batch_norm  # noqa: E402
 from awkernels.triton.config import CANDIDATES  # noqa: E402
 
 ARCHS = (90, 80)
@@ -63,27 +63,35 @@ def test_runs_under_the_expected_triton():
 
 
 def test_every_kernel_is_in_the_matrix():
-    """A new @triton.jit kernel must get an entry in awkernels.inspect.KERNELS, and every autotune
-    configuration and dtype must be compiled."""
-    kernels = {getattr(module, name).fn for module in (aw_conv2d, mix_batch_norm) for name in dir(module)
-               if hasattr(getattr(module, name), "arg_names")}
+    """A new @triton.jit kernel must get an entry in awkernels.inspect.KERNELS, and every configuration the host
+    can launch, in every dtype and dot precision, must be compiled."""
+    # Kernels, not the @triton.jit helpers they inline (`_mma`): by name.
+    kernels = {getattr(module, name).fn for module in (aw_conv2d, epilogue, mix_batch_norm) for name in dir(module)
+               if hasattr(getattr(module, name), "arg_names") and name.endswith("_kernel")}
     assert kernels == {spec.fn.fn for spec in inspect.KERNELS.values()}
     jobs = inspect.jobs(ARCHS, every_variant=True, banks=BANKS)
+    compiled_lists = set()
     # float32-ieee: float32 with TF32 off, the dots the host launches when torch.backends.cudnn.allow_tf32 is
-    # False; the gradient kernels have their own configurations there.
-    matrix = [("conv.forward", "forward", ("float32", "float32-ieee", "float16", "bfloat16")),
-              ("conv.input_grad", "input_grad", ("float32", "float16", "bfloat16")),
-              ("conv.input_grad", "input_grad.ieee", ("float32-ieee",)),
-              ("conv.weight_coeff_grad", "weight_grad", ("float32", "float16", "bfloat16")),
-              ("conv.weight_coeff_grad", "weight_grad.ieee", ("float32-ieee",))]
-    for name, kind, dtypes in matrix:
-        for cfg in CANDIDATES[kind]:
-            tiles = (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("BLOCK_K", cfg.block_k))
-            for arch in ARCHS:
-                for dtype in dtypes:
-                    assert any(j.kernel == name and j.tiles == tiles and j.num_warps == cfg.num_warps
-                               and j.num_stages == cfg.num_stages and j.arch == arch and j.dtype == dtype
-                               for j in jobs), (name, cfg, arch, dtype)
+    # False; some kernels have their own configurations there, or for float32 in both precisions.
+    # The candidate lists are the host's (awkernels.triton: candidate_list, weight_grad_candidates per K).
+    for name, spec in inspect.KERNELS.items():
+        for variant in spec.variants:
+            if variant.get("BANKS", 1) not in BANKS:
+                continue
+            for dtype in ("float32", "float32-ieee", "float16", "bfloat16"):
+                if dtype == "float32-ieee" and not spec.main_loop_dots:
+                    continue  # no dot: one float32
+                kind = spec.candidates(dtype, variant)
+                if kind is None:  # fixed tiles
+                    continue
+                compiled_lists.add(kind)
+                for cfg in CANDIDATES[kind]:
+                    tiles = tuple(cfg.tiles().items())
+                    for arch in ARCHS:
+                        assert any(j.kernel == name and j.variant == tuple(variant.items()) and j.tiles == tiles
+                                   and j.num_warps == cfg.num_warps and j.num_stages == cfg.num_stages
+                                   and j.arch == arch and j.dtype == dtype for j in jobs), (name, cfg, arch, dtype)
+    assert compiled_lists == set(CANDIDATES), f"lists no dtype reaches: {set(CANDIDATES) - compiled_lists}"
 
 
 def test_every_configuration_compiles_without_spills_within_shared_memory(compiled, capsys):

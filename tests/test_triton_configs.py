@@ -13,9 +13,10 @@ pytestmark = pytest.mark.skipif("triton" not in awkernels.available_backends(),
 
 if "triton" in awkernels.available_backends():
     from awkernels.triton import aw_conv2d as kernels
+    from awkernels.triton import epilogue
     from awkernels.triton.config import CANDIDATES
 else:
-    CANDIDATES = {"forward": [], "input_grad": [], "weight_grad": [], "input_grad.ieee": [], "weight_grad.ieee": []}
+    CANDIDATES = {}
 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 # (B, C_in, C_out, H, W, K, kernel, stride, padding, dilation, filter-level): K = 1 takes the epilogue-scale
@@ -51,7 +52,7 @@ DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("config", CANDIDATES["forward"], ids=str)
+@pytest.mark.parametrize("config", CANDIDATES.get("forward", []), ids=str)
 def test_forward_config(config, dtype):
     for shape in SHAPES:
         (x, weight, coeff, bias, _), geometry, y, _ = _case(shape, dtype)
@@ -59,7 +60,7 @@ def test_forward_config(config, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("config", CANDIDATES["input_grad"] + CANDIDATES["input_grad.ieee"], ids=str)
+@pytest.mark.parametrize("config", CANDIDATES.get("input_grad", []) + CANDIDATES.get("input_grad.ieee", []), ids=str)
 def test_input_grad_config(config, dtype):
     for shape in SHAPES:
         (x, weight, coeff, _, grad_y), geometry, _, expected = _case(shape, dtype)
@@ -68,7 +69,8 @@ def test_input_grad_config(config, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("config", CANDIDATES["weight_grad"] + CANDIDATES["weight_grad.ieee"], ids=str)
+@pytest.mark.parametrize("config", CANDIDATES.get("weight_grad", []) + CANDIDATES.get("weight_grad.ieee", [])
+                         + CANDIDATES.get("weight_grad.pair", []), ids=str)
 def test_weight_coeff_grad_config(config, dtype):
     for shape in SHAPES:
         (x, weight, coeff, bias, grad_y), geometry, _, expected = _case(shape, dtype)
@@ -98,12 +100,12 @@ def covering_shape(kind: str, config) -> tuple:
             side(over(config.block_k)))
 
 
-COVERED = [(kind, cfg) for kind in ("forward", "input_grad", "input_grad.ieee", "weight_grad", "weight_grad.ieee")
-           for cfg in CANDIDATES[kind]]
+COVERED = [(kind, cfg) for kind in ("forward", "input_grad", "input_grad.ieee", "weight_grad", "weight_grad.ieee",
+                                    "weight_grad.pair") for cfg in CANDIDATES.get(kind, [])]
 
 
 def _check_on_covering_shape(kind: str, config, dtype: torch.dtype, layout: str) -> None:
-    batch, c_in, c_out, side = covering_shape(kind.removesuffix(".ieee"), config)
+    batch, c_in, c_out, side = covering_shape(kind.split(".")[0], config)
     shape = (batch, c_in, c_out, side, side, 2, 3, (1, 1), (1, 1), (1, 1), True)
     (x, weight, coeff, bias, grad_y), geometry, y, expected = _case(shape, dtype)
     if layout == "channels_last":
@@ -132,8 +134,8 @@ def test_every_configuration_on_a_shape_larger_than_its_tiles(kind, config):
 
 # The layouts and dtypes that test leaves out, on each kernel's first configuration (its default): the tile
 # joins with channels_last strides, and with half-precision loads and stores.
-LAYOUTS = [(kind, CANDIDATES[kind][0], layout, dtype) for kind in ("forward", "input_grad", "weight_grad")
-           if CANDIDATES[kind]
+LAYOUTS = [(kind, CANDIDATES[kind][0], layout, dtype)
+           for kind in ("forward", "input_grad", "weight_grad", "weight_grad.pair") if CANDIDATES.get(kind)
            for layout, dtype in (("channels_last", torch.float32), ("contiguous", torch.float16),
                                  ("channels_last", torch.bfloat16))]
 
@@ -142,3 +144,133 @@ LAYOUTS = [(kind, CANDIDATES[kind][0], layout, dtype) for kind in ("forward", "i
                          ids=[f"{_config_id(k, c)}-{layout}-{str(d).removeprefix('torch.')}" for k, c, layout, d in LAYOUTS])
 def test_default_configurations_in_channels_last_and_half_precision(kind, config, layout, dtype):
     _check_on_covering_shape(kind, config, dtype, layout)
+
+
+# The epilogue strategy's kernels (awkernels/triton/epilogue.py): tiles span samples, so their covering shapes
+# need rows (sample x pixel) over two tiles with tiles straddling samples (5x5 pixels per sample, which no
+# tile size divides), and for the weight gradient a reduction split over two programs or more.
+EPILOGUE_KINDS = ("epilogue.forward", "epilogue.input_grad", "epilogue.weight_grad")
+EPILOGUE = [(kind, cfg) for kind in EPILOGUE_KINDS for cfg in CANDIDATES.get(kind, [])]
+SIDE = 5
+
+
+def _out_pixels(stride: int) -> int:  # per sample: 3x3 filters, padding 1, SIDE x SIDE inputs
+    return ((SIDE - 1) // stride + 1) ** 2
+
+
+def epilogue_covering_shape(kind: str, config, stride: int = 1) -> tuple:
+    """(B, C_in, C_out): with 3x3 filters, padding 1 and `stride` on SIDE x SIDE inputs, at least two tiles and
+    a remainder in every dimension kernel `kind` tiles (the input gradient: in every stride phase), and for the
+    weight gradient rows for two splits."""
+    def over(tiles: int, per: int = 1) -> int:
+        return -(-(2 * tiles + 1) // per)
+
+    if kind == "epilogue.forward":  # M = rows, N = C_out, reduction C_in per tap
+        return over(config.block_m, _out_pixels(stride)), over(config.block_k), over(config.block_n)
+    if kind == "epilogue.input_grad":  # M = one phase's input rows (the smallest phase's), N = C_in, reduction C_out
+        return over(config.block_m, (SIDE // stride) ** 2), over(config.block_n), over(config.block_k)
+    # M = C_out, N = C_in per tap, reduction rows: four BLOCK_K steps per split at least
+    return over(4 * config.block_k, _out_pixels(stride)), over(config.block_n), over(config.block_m)
+
+
+def _bank_outputs(x, weight, geometry):
+    stride, padding, dilation = geometry
+    return torch.cat([torch.nn.functional.conv2d(x, w, None, stride, padding, dilation) for w in weight], 1)
+
+
+def _check_epilogue(kind, config, shape, dtype, layout="contiguous"):
+    (x, weight, coeff, bias, grad_y), geometry, y, expected = _case(shape, dtype)
+    if layout == "channels_last":
+        x, grad_y = (t.contiguous(memory_format=torch.channels_last) for t in (x, grad_y))
+    tol = TOLERANCE[dtype]
+    if kind == "epilogue.forward":
+        got, saved = epilogue.forward(x, weight, coeff, bias, *geometry, keep=True, config=config)
+        assert_close(got, y, tol, "y")
+        assert_close(saved, _bank_outputs(*(t.cpu().double() for t in (x, weight)), geometry), tol, "bank outputs")
+    elif kind == "epilogue.input_grad":
+        assert_close(epilogue.input_grad(grad_y, x, weight, coeff, *geometry, config=config), expected["x"], tol,
+                     "dx")
+    else:
+        assert_close(epilogue.weight_grad(grad_y, x, weight, coeff, *geometry, config=config), expected["weight"],
+                     tol, "dweight")
+
+
+# The parity shapes with K = 1 and 2 (the epilogue's), in four dtypes.
+EPILOGUE_SHAPES = [(*shape[:5], banks, *shape[6:]) for shape in SHAPES for banks in (1, 2)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind,config", EPILOGUE, ids=[_config_id(k, c) for k, c in EPILOGUE])
+def test_epilogue_config(kind, config, dtype):
+    for shape in EPILOGUE_SHAPES:
+        _check_epilogue(kind, config, shape, dtype)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("banks", [1, 2])
+@pytest.mark.parametrize("kind,config", EPILOGUE, ids=[_config_id(k, c) for k, c in EPILOGUE])
+def test_epilogue_configuration_on_a_shape_larger_than_its_tiles(kind, config, banks, stride):
+    batch, c_in, c_out = epilogue_covering_shape(kind, config, stride)
+    shape = (batch, c_in, c_out, SIDE, SIDE, banks, 3, (stride, stride), (1, 1), (1, 1), True)
+    if kind == "epilogue.weight_grad":
+        tiles = -(-c_out // config.block_m) * 9 * -(-c_in // config.block_n)
+        assert epilogue.weight_splits(batch * _out_pixels(stride), tiles, config.block_k) >= 2
+    _check_epilogue(kind, config, shape, torch.float32)
+
+
+EPILOGUE_LAYOUTS = [(kind, CANDIDATES[kind][0], layout, dtype) for kind in EPILOGUE_KINDS if CANDIDATES.get(kind)
+                    for layout, dtype in (("channels_last", torch.float32), ("contiguous", torch.float16),
+                                          ("channels_last", torch.bfloat16))]
+
+
+@pytest.mark.parametrize("kind,config,layout,dtype", EPILOGUE_LAYOUTS,
+                         ids=[f"{_config_id(k, c)}-{layout}-{str(d).removeprefix('torch.')}"
+                              for k, c, layout, d in EPILOGUE_LAYOUTS])
+def test_epilogue_default_configurations_in_channels_last_and_half_precision(kind, config, layout, dtype):
+    batch, c_in, c_out = epilogue_covering_shape(kind, config)
+    _check_epilogue(kind, config, (batch, c_in, c_out, SIDE, SIDE, 2, 3, (1, 1), (1, 1), (1, 1), True), dtype,
+                    layout)
+
+
+def test_the_epilogue_runs_only_where_int32_offsets_reach_every_element():
+    from awkernels.triton.aw_conv2d import _epilogue_serves
+    weight = torch.empty(1, 64, 64, 3, 3)
+    geometry = ((1, 1), (1, 1), (1, 1))
+    assert _epilogue_serves(torch.empty(128, 64, 32, 32, device="meta"), weight, *geometry)
+    # 2^31 elements of x, or of the kept outputs (two banks double them), or strides reaching that far
+    assert not _epilogue_serves(torch.empty(2**15, 64, 32, 32, device="meta"), weight, *geometry)
+    x = torch.empty(2**15, 1, 4, 4, device="meta")  # 2^19 elements; kept: 2^15 x K x 2^11 x 16 = K 2^30
+    assert _epilogue_serves(x, torch.empty(1, 2**11, 1, 1, 1), (1, 1), (0, 0), (1, 1))
+    assert not _epilogue_serves(x, torch.empty(2, 2**11, 1, 1, 1), (1, 1), (0, 0), (1, 1))
+    strided = torch.empty(2, 64, 32, 32, device="meta").as_strided((2, 64, 32, 32), (2**31, 1, 2048, 64))
+    assert not _epilogue_serves(strided, weight, *geometry)
+
+
+# MixBN's plane kernels: every tile configuration on planes of several channel and pixel tiles (the sums merge
+# their pixel blocks' moments, Chan et al.), in both layouts, against torch's reductions in float64.
+PLANE = [(kind, cfg) for kind in ("mixbn.sums", "mixbn.affine") for cfg in CANDIDATES.get(kind, [])]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("kind,config", PLANE, ids=[f"{k}-{c.block_c}x{c.block_p}" for k, c in PLANE])
+def test_mixbn_configuration_on_a_shape_larger_than_its_tiles(kind, config, layout):
+    from awkernels.triton import mix_batch_norm as planes
+    side = int((2 * config.block_p + 1) ** 0.5) + 1
+    torch.manual_seed(0)
+    x, g, v = (torch.randn(2, 2 * config.block_c + 1, side, side, dtype=torch.float64) * 3 + 5 for _ in range(3))
+    if layout == "channels_last":
+        x, g, v = (t.contiguous(memory_format=torch.channels_last) for t in (x, g, v))
+    x32, g32, v32 = (t.to(device=_device(), dtype=torch.float32) for t in (x, g, v))
+    if kind == "mixbn.sums":
+        (mean, var), (dy_sum, dy_x_sum) = planes._plane_sums(x32, g32, True, config)
+        assert_close(mean, x.mean((2, 3)), 1e-5, "mean")
+        assert_close(var, x.var((2, 3), unbiased=False), 1e-5, "var")
+        assert_close(dy_sum, g.sum((2, 3)), 1e-5, "sum dy")
+        assert_close(dy_x_sum, (g * x).sum((2, 3)), 1e-5, "sum dy x")
+    else:
+        scale_u, scale_v, shift = (torch.randn(2, x.shape[1], dtype=torch.float64) for _ in range(3))
+        out = planes._plane_affine(g32, *(t.to(_device(), torch.float32) for t in (scale_u, shift)), x32,
+                                   scale_v.to(_device(), torch.float32), config)
+        assert out.stride() == x32.stride()
+        assert_close(out, scale_u[..., None, None] * g + scale_v[..., None, None] * x + shift[..., None, None],
+                     1e-5, "affine")

@@ -1,4 +1,5 @@
-"""Triton kernels for aw_conv2d (DESIGN.md section 3), groups = 1.
+"""Triton kernels for aw_conv2d's `blend` strategy (DESIGN.md section 3), groups = 1, and the triton backend's
+ops, which run the `epilogue` strategy (epilogue.py) where it serves and this one elsewhere.
 
 Three implicit-GEMM kernels, each reading x, dy and the banks through their strides (so NCHW,
 channels_last and non-contiguous inputs need no copies):
@@ -7,9 +8,9 @@ channels_last and non-contiguous inputs need no copies):
   with W_b = sum_k a[b,k,o] W_k blended in registers (M = C_out, so the blended tile is the A operand).
   For K = 1 the blend is a per-filter scale, applied to the accumulator in the epilogue instead.
 - dx: the same with the transposed banks, acc[c, q] += W_b^T[c, (o,i,j)] @ dy_b gathered at input pixel q.
-- dW and dcoeff in one kernel per (weight tile, bank) that walks the batch: G_b = dy_b @ im2col(x_b)^T is
-  formed in registers, accumulated into dW_k += a[b,k,o] G_b and reduced against the bank into
-  da[b,k,o] = <G_b[o], W_k[o]>; G_b never reaches memory.
+- dW and dcoeff in one kernel per (weight tile, bank pair or bank) that walks the batch: G_b =
+  dy_b @ im2col(x_b)^T is formed in registers, accumulated into dW_k += a[b,k,o] G_b and reduced against the
+  bank into da[b,k,o] = <G_b[o], W_k[o]>; G_b never reaches memory, and with K = 2 one tile serves both banks.
 
 Coefficients are read through strides too: a layer-level coeff (B, K) is the filter-level one with a zero
 filter stride.
@@ -21,8 +22,10 @@ import triton
 import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
-from .. import _contract
-from .config import Config, acc_dtype, acc_torch_dtype, dot_precision, pick, upcast_dots, candidates_for
+from .. import _contract, _strategy
+from . import epilogue
+from .config import (Config, acc_dtype, acc_torch_dtype, candidate_list, candidates_for, dot_precision, pick,
+                     upcast_dots)
 
 
 @triton.jit
@@ -138,20 +141,22 @@ def _weight_coeff_grad_kernel(
     B, C_in, H, W, C_out, H_out, W_out, samples_per_split,
     sgb, sgc, sgh, sgw, sxb, sxc, sxh, sxw, sab, sak, sao,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    KH: tl.constexpr, KW: tl.constexpr, BANKS: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, BANKS: tl.constexpr, BANKS_PER_PROGRAM: tl.constexpr,
     NEED_WEIGHT: tl.constexpr, NEED_COEFF: tl.constexpr,
     ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """One bank per program (the last grid axis enumerates (batch split, bank)), so every tile is 2-D: a
-    (bank, filter, tap) tile in registers made the banks' accumulators spill. G_b is formed once per bank.
-    dw: (splits, K, C_out, R) partial sums over each split of the batch; da: (R tiles, B, K, C_out)."""
+    """BANKS_PER_PROGRAM banks per program (the last grid axis enumerates (batch split, bank group)), each with
+    its own 2-D accumulator: two banks (AW-Net's clean and adversarial pair) share one G_b tile; with more, one
+    bank per program, G_b formed once per bank (a (bank, filter, tap) tile in registers made the accumulators
+    spill). dw: (splits, K, C_out, R) partial sums over each split of the batch; da: (R tiles, B, K, C_out)."""
     pixels = H_out * W_out
     reduction = C_in * KH * KW
     offs_o = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_r = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    split = tl.program_id(2) // BANKS
-    bank = tl.program_id(2) % BANKS
+    groups = BANKS // BANKS_PER_PROGRAM
+    split = tl.program_id(2) // groups
+    bank = (tl.program_id(2) % groups) * BANKS_PER_PROGRAM
     mask_o, mask_r = offs_o < C_out, offs_r < reduction
     mask_or = mask_o[:, None] & mask_r[None, :]
     c = offs_r // (KH * KW)
@@ -161,6 +166,7 @@ def _weight_coeff_grad_kernel(
     tile = offs_o[:, None] * reduction + offs_r[None, :]
     w_bank = w_ptr + bank.to(tl.int64) * (C_out * reduction)
     dw = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    dw1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
 
     first = split * samples_per_split
     for b in range(first, tl.minimum(first + samples_per_split, B)):
@@ -180,16 +186,34 @@ def _weight_coeff_grad_kernel(
                 grad += tl.dot(g.to(ACC), x.to(ACC), input_precision=PRECISION, out_dtype=ACC)
             else:
                 grad += tl.dot(g, x, input_precision=PRECISION, out_dtype=ACC)
-        a = tl.load(a_ptr + b64 * sab + bank * sak + offs_o * sao, mask=mask_o, other=0.0).to(ACC)
+        a_b = a_ptr + b64 * sab + bank * sak + offs_o * sao
+        da_offs = ((tl.program_id(1) * B + b64) * BANKS + bank) * C_out + offs_o
         if NEED_WEIGHT:
-            dw += a[:, None] * grad
+            dw += tl.load(a_b, mask=mask_o, other=0.0).to(ACC)[:, None] * grad
         if NEED_COEFF:
             w_k = tl.load(w_bank + tile, mask=mask_or, other=0.0).to(ACC)
-            da_offs = ((tl.program_id(1) * B + b64) * BANKS + bank) * C_out + offs_o
             tl.store(da_ptr + da_offs, tl.sum(w_k * grad, axis=1), mask=mask_o)
+        if BANKS_PER_PROGRAM == 2:
+            if NEED_WEIGHT:
+                dw1 += tl.load(a_b + sak, mask=mask_o, other=0.0).to(ACC)[:, None] * grad
+            if NEED_COEFF:
+                w_k = tl.load(w_bank + C_out * reduction + tile, mask=mask_or, other=0.0).to(ACC)
+                tl.store(da_ptr + da_offs + C_out, tl.sum(w_k * grad, axis=1), mask=mask_o)
     if NEED_WEIGHT:
         dw_bank = dw_ptr + (split * BANKS + bank).to(tl.int64) * (C_out * reduction)
         tl.store(dw_bank + tile, dw, mask=mask_or)
+        if BANKS_PER_PROGRAM == 2:
+            tl.store(dw_bank + C_out * reduction + tile, dw1, mask=mask_or)
+
+
+def banks_per_program(banks: int) -> int:
+    """Banks one weight/coeff-gradient program accumulates from each G_b tile: both of a pair, else one."""
+    return 2 if banks == 2 else 1
+
+
+def weight_grad_candidates(banks: int, dtype: torch.dtype, ieee: bool) -> str:
+    """The weight/coeff-gradient kernel's candidate list: its own for a pair of banks (two accumulators)."""
+    return "weight_grad.pair" if banks_per_program(banks) == 2 else candidate_list("weight_grad", dtype, ieee)
 
 
 def _coeff_strides(coeff: torch.Tensor) -> tuple[int, int, int]:
@@ -262,27 +286,39 @@ def weight_coeff_grad(grad_y, x, weight, coeff, stride, padding, dilation, need_
     weight = weight.contiguous()
     if config is None:
         key = _shape_key(x, weight, coeff, (*stride, *padding, *dilation, need_weight, need_coeff))
-        config = pick(candidates_for("weight_grad", x), key, lambda cfg: weight_coeff_grad(
-            grad_y, x, weight, coeff, stride, padding, dilation, need_weight, need_coeff, cfg))
+        config = pick(weight_grad_candidates(banks, x.dtype, dot_precision(x) == "ieee"), key, lambda cfg: (
+            weight_coeff_grad(grad_y, x, weight, coeff, stride, padding, dilation, need_weight, need_coeff, cfg)))
     acc = acc_torch_dtype(x.dtype)
     r_tiles, o_tiles = triton.cdiv(reduction, config.block_n), triton.cdiv(c_out, config.block_m)
     splits = config.batch_splits(batch)
     dw = x.new_zeros((splits, banks, c_out, reduction), dtype=acc) if need_weight else None
     da = x.new_zeros((r_tiles, batch, banks, c_out), dtype=acc) if need_coeff else None
     if batch:
-        _weight_coeff_grad_kernel[(o_tiles, r_tiles, splits * banks)](
+        _weight_coeff_grad_kernel[(o_tiles, r_tiles, splits * banks // banks_per_program(banks))](
             grad_y, x, weight, coeff, dw if need_weight else weight, da if need_coeff else weight,
             batch, c_in, h, w, c_out, h_out, w_out, triton.cdiv(batch, splits), *grad_y.stride(), *x.stride(),
             *_coeff_strides(coeff), *stride, *padding, *dilation, NEED_WEIGHT=need_weight, NEED_COEFF=need_coeff,
-            **_constants(x, weight, per_bank=True), **config.kwargs())
+            BANKS_PER_PROGRAM=banks_per_program(banks), **_constants(x, weight, per_bank=True), **config.kwargs())
     return (dw.sum(0).view(weight.shape) if need_weight else None, da.sum(0) if need_coeff else None)
+
+
+def strided_input_grad_by_phase(x, weight, grad_y, stride) -> bool:
+    """Whether the blend strategy's dx runs the epilogue's input-gradient kernel instead of its own: with a
+    stride, whose masked taps run the blend kernel's dots s^2 times over, and K <= 2, whose per-bank dots cost
+    the epilogue kernel K times (ResNet-18's stride-2 layers: 2x against 4x)."""
+    return (tuple(stride) != (1, 1) and weight.shape[0] <= _strategy.EPILOGUE_BANKS
+            and epilogue.addressable(x, grad_y.numel() * weight.shape[0]))
 
 
 def backward(grad_y, x, weight, coeff, bias, stride, padding, dilation, output_mask):
     """(dx, dweight, dcoeff, dbias); the gradients not asked for by output_mask are None."""
     need_x, need_weight, need_coeff, need_bias = output_mask
     need_bias = need_bias and bias is not None
-    dx = input_grad(grad_y, x, weight, coeff, stride, padding, dilation) if need_x else None
+    dx = None
+    if need_x:
+        dx = (epilogue.input_grad(grad_y, x, weight, coeff, stride, padding, dilation)
+              if strided_input_grad_by_phase(x, weight, grad_y, stride)
+              else input_grad(grad_y, x, weight, coeff, stride, padding, dilation))
     dweight = dcoeff = dbias = None
     if need_weight or need_coeff:
         dweight, da = weight_coeff_grad(grad_y, x, weight, coeff, stride, padding, dilation, need_weight, need_coeff)
@@ -300,20 +336,55 @@ def backward(grad_y, x, weight, coeff, bias, stride, padding, dilation, output_m
     return dx, (dweight.to(weight.dtype) if need_weight else None), dcoeff, dbias
 
 
-# The op: `awnet::aw_conv2d_triton` and its backward, the contract's schemas (awkernels/_contract.py, which
-# also gives their fakes and autograd). The blend strategy keeps nothing for the backward (`saved` is empty):
-# its dW/dcoeff kernel forms G_b in registers from x and dy.
+# The ops: `awnet::aw_conv2d_triton` (keeps nothing for the backward), `awnet::aw_conv2d_triton_forward`
+# (keeps the epilogue strategy's bank outputs for dcoeff) and their backward, the contract's schemas
+# (awkernels/_contract.py, which also gives their autograd). Each call runs the strategy `_strategy.py`'s rule
+# gives the triton backend: epilogue where it serves, else blend-in-loop, whose dW/dcoeff kernel forms G_b in
+# registers from x and dy and keeps nothing.
+def _epilogue_serves(x, weight, stride, padding, dilation) -> bool:
+    """The strategy rule's answer, and int32 offsets reaching every element (past 2^31 elements, blend-in-loop,
+    whose offsets are 64-bit, runs the call)."""
+    pixels = 1
+    for size, k, s, p, d in zip(x.shape[2:], weight.shape[3:], stride, padding, dilation):
+        pixels *= _out_size(size, k, s, p, d)
+    banks, c_out = weight.shape[:2]
+    return (_strategy.epilogue_refuses(banks, 1, pixels) is None
+            and epilogue.addressable(x, x.shape[0] * banks * c_out * pixels))
+
+
 def _forward_op(x, weight, coeff, bias, stride, padding, dilation, groups):
+    if _epilogue_serves(x, weight, stride, padding, dilation):
+        return epilogue.forward(x, weight, coeff, bias, stride, padding, dilation, keep=False)[0]
     return forward(x, weight, coeff, bias, stride, padding, dilation)
 
 
+def _forward_keeping_op(x, weight, coeff, bias, stride, padding, dilation, groups):
+    if _epilogue_serves(x, weight, stride, padding, dilation):
+        return epilogue.forward(x, weight, coeff, bias, stride, padding, dilation, keep=True)
+    return forward(x, weight, coeff, bias, stride, padding, dilation), x.new_empty(0)
+
+
+def _forward_keeping_fake(x, weight, coeff, bias, stride, padding, dilation, groups):
+    y = _contract._conv_fake(x, weight, coeff, bias, stride, padding, dilation, groups)
+    if _epilogue_serves(x, weight, stride, padding, dilation):
+        return y, _contract._conv_output(x, weight, stride, padding, dilation, weight.shape[0] * weight.shape[1])
+    return y, x.new_empty(0)
+
+
 def _backward_op(grad_y, saved, x, weight, coeff, bias, stride, padding, dilation, groups, output_mask):
-    grads = backward(grad_y, x, weight, coeff, bias, stride, padding, dilation, output_mask)
+    if _epilogue_serves(x, weight, stride, padding, dilation):
+        grads = epilogue.backward(grad_y, saved, x, weight, coeff, bias, stride, padding, dilation, output_mask)
+    else:
+        grads = backward(grad_y, x, weight, coeff, bias, stride, padding, dilation, output_mask)
     # Ops return tensors: an empty one stands for a gradient not asked for.
     return tuple(g if g is not None else x.new_empty(0) for g in grads)
 
 
 torch.library.impl("awnet::aw_conv2d_triton", ("cpu", "cuda"), _forward_op, lib=_contract.LIBRARY)
+torch.library.impl("awnet::aw_conv2d_triton_forward", ("cpu", "cuda"), _forward_keeping_op, lib=_contract.LIBRARY)
+torch.library.register_fake("awnet::aw_conv2d_triton_forward", _forward_keeping_fake, lib=_contract.LIBRARY)
 torch.library.impl("awnet::aw_conv2d_triton_backward", ("cpu", "cuda"), _backward_op, lib=_contract.LIBRARY)
-_contract.register_autograd("aw_conv2d_triton")
+for _name in ("aw_conv2d_triton", "aw_conv2d_triton_forward"):
+    _contract.register_autograd(_name, "aw_conv2d_triton_backward")
 aw_conv2d_triton = torch.ops.awnet.aw_conv2d_triton
+aw_conv2d_triton_forward = torch.ops.awnet.aw_conv2d_triton_forward

@@ -13,9 +13,7 @@ import triton
 import triton.language as tl
 
 from .. import _contract
-from .config import acc_dtype, acc_torch_dtype
-
-_BLOCK_C, _BLOCK_P = 16, 64
+from .config import PlaneConfig, acc_dtype, acc_torch_dtype, pick
 
 
 @triton.jit
@@ -87,33 +85,43 @@ def _plane_affine_kernel(
              out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _plane_sums(x, grad_y=None, moments=True):
+def _layout_key(*tensors) -> tuple:
+    return tuple((t.dtype, tuple(t.shape), t.stride()) for t in tensors if t is not None)
+
+
+def _plane_sums(x, grad_y=None, moments=True, config: PlaneConfig | None = None):
     """((mean, var) of each (sample, channel) plane or None, (sum dy, sum dy * x) or None), shapes (B, C)."""
     batch, channels, _, width = x.shape
     pixels = x.shape[2] * width
     acc = acc_torch_dtype(x.dtype)
     outs = [x.new_empty((batch, channels), dtype=acc) for _ in range(4)]
     if batch and pixels:
+        if config is None:
+            config = pick("mixbn.sums", (*_layout_key(x, grad_y), moments),
+                          lambda cfg: _plane_sums(x, grad_y, moments, cfg))
         g = grad_y if grad_y is not None else x
-        _plane_sums_kernel[(batch, triton.cdiv(channels, _BLOCK_C))](
+        _plane_sums_kernel[(batch, triton.cdiv(channels, config.block_c))](
             x, g, *outs, channels, width, pixels, *x.stride(), *g.stride(),
-            MOMENTS=moments, GRAD_SUMS=grad_y is not None, ACC=acc_dtype(x.dtype), BLOCK_C=_BLOCK_C, BLOCK_P=_BLOCK_P)
+            MOMENTS=moments, GRAD_SUMS=grad_y is not None, ACC=acc_dtype(x.dtype), **config.kwargs())
     mean, m2, dy_sum, dy_x_sum = outs
     return ((mean, m2 / pixels) if moments else None), ((dy_sum, dy_x_sum) if grad_y is not None else None)
 
 
-def _plane_affine(u, scale_u, shift, v=None, scale_v=None):
+def _plane_affine(u, scale_u, shift, v=None, scale_v=None, config: PlaneConfig | None = None):
     """scale_u * u + scale_v * v + shift per (sample, channel), laid out like v (x) when given."""
     batch, channels, _, width = u.shape
     pixels = u.shape[2] * width
     out = torch.empty_like(v if v is not None else u)
     if batch and pixels:
+        if config is None:
+            config = pick("mixbn.affine", _layout_key(u, v),
+                          lambda cfg: _plane_affine(u, scale_u, shift, v, scale_v, cfg))
         v_or_u = v if v is not None else u
-        grid = (batch, triton.cdiv(channels, _BLOCK_C), triton.cdiv(pixels, _BLOCK_P))
+        grid = (batch, triton.cdiv(channels, config.block_c), triton.cdiv(pixels, config.block_p))
         _plane_affine_kernel[grid](
             u, v_or_u, out, scale_u.contiguous(), (scale_v if v is not None else scale_u).contiguous(),
             shift.contiguous(), channels, width, pixels, *u.stride(), *v_or_u.stride(), *out.stride(),
-            HAS_V=v is not None, ACC=acc_dtype(u.dtype), BLOCK_C=_BLOCK_C, BLOCK_P=_BLOCK_P)
+            HAS_V=v is not None, ACC=acc_dtype(u.dtype), **config.kwargs())
     return out
 
 
