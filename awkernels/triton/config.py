@@ -52,6 +52,10 @@ class PlaneConfig:
         return dict(**self.tiles(), num_warps=self.num_warps, num_stages=self.num_stages)
 
 
+# The epilogue's dx and dW tile C_in: 16 wide for the few input channels of a stem (3: a 64-wide tile would run
+# 21 times its FLOPs).
+_NARROW = Config(64, 16, 16, num_warps=4, num_stages=2)
+
 # M % 64 == 0 and num_warps % 4 == 0 let Hopper use wgmma; the 32-row tiles serve narrow layers. Eight
 # warps for the wide tiles: with four, the blended bank tile and the accumulator spill registers.
 CANDIDATES: dict[str, list[Config | PlaneConfig]] = {
@@ -72,10 +76,9 @@ CANDIDATES: dict[str, list[Config | PlaneConfig]] = {
         Config(64, 32, 16, num_warps=8, num_stages=1, samples_per_program=4),
     ],
     # The epilogue strategy (epilogue.py): M = (sample, pixel) rows for the forward and dx, C_out for dW;
-    # one accumulator per bank, so two with K = 2. Eight warps: with four these tiles spill. The 16-wide tiles
-    # serve the few input channels of a stem (3: a 64-wide tile would run 21 times its FLOPs). `.float32` (TF32 and
-    # IEEE dots): narrower tiles or no pipelining, where float32 operands spill the half-precision tiles under
-    # triton 3.6 or 3.8.
+    # one accumulator per bank, so two with K = 2. Eight warps: with four these tiles spill. `.float32` (TF32
+    # and IEEE dots): narrower tiles or no pipelining, where float32 operands spill the half-precision tiles
+    # under triton 3.6 or 3.8.
     "epilogue.forward": [
         Config(64, 64, 32, num_warps=8, num_stages=2), Config(64, 64, 16, num_warps=8, num_stages=2),
     ],
@@ -84,19 +87,19 @@ CANDIDATES: dict[str, list[Config | PlaneConfig]] = {
     ],
     "epilogue.input_grad": [
         Config(128, 64, 16, num_warps=8, num_stages=2), Config(64, 64, 32, num_warps=8, num_stages=2),
-        Config(64, 16, 16, num_warps=4, num_stages=2),
+        _NARROW,
     ],
     "epilogue.input_grad.float32": [
         Config(64, 64, 16, num_warps=8, num_stages=2), Config(64, 32, 16, num_warps=8, num_stages=2),
-        Config(64, 16, 16, num_warps=4, num_stages=2),
+        _NARROW,
     ],
     "epilogue.weight_grad": [
         Config(64, 64, 32, num_warps=8, num_stages=2), Config(128, 64, 16, num_warps=8, num_stages=2),
-        Config(64, 16, 16, num_warps=4, num_stages=2),
+        _NARROW,
     ],
     "epilogue.weight_grad.float32": [
         Config(64, 64, 16, num_warps=8, num_stages=1), Config(64, 32, 16, num_warps=8, num_stages=2),
-        Config(64, 16, 16, num_warps=4, num_stages=2),
+        _NARROW,
     ],
     # MixBN's passes read planes along their contiguous axis: long pixel rows suit NCHW, many channels per
     # pixel channels_last.
