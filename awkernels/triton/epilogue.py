@@ -9,7 +9,8 @@ signal scales the convolution). The bank outputs conv(x, W_k) are kept for the b
 dcoeff: da[b,k,o] = sum_p dy[b,o,p] conv(x[b], W_k)[o,p], no recompute.
 
 Backward, by linearity:
-- dx: the transposed implicit GEMM over input pixels, dy scaled by a[b,k,o] as it is loaded;
+- dx: the transposed implicit GEMM over input pixels, one stride phase per grid slice (only the taps that
+  reach an output pixel from it run), dy scaled by a[b,k,o] as it is loaded;
 - dW_k: a weight gradient of a_k * dy, its reduction over (sample, output pixel) split across programs
   (partial sums, then one sum: deterministic) so that small weight tiles still fill the machine;
 - da and the per-sample sums of dy (the bias's share) in one pass over dy and the kept bank outputs.
