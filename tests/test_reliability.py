@@ -6,6 +6,7 @@ import json
 import math
 import os
 import pickle
+import random
 import re
 import resource
 import subprocess
@@ -181,9 +182,21 @@ def test_unreadable_checkpoint_names_the_file(run, tmp_path, damage):
             if damage == "no digest":
                 torch.save({"epoch": 1}, f)
             else:
-                f.write({"truncated": data[:len(data) // 2], "empty": b"", "garbage": os.urandom(4096)}[damage])
+                f.write({"truncated": data[:len(data) // 2], "empty": b"", "garbage": random.Random(0).randbytes(4096)}[damage])
     with pytest.raises(ValueError, match=f"{re.escape(path)} is not a"):
         load_checkpoint(out)
+
+
+@pytest.mark.parametrize("header", [b"", b"\x80\x02", b"PK\x03\x04"], ids=["raw", "pickle", "zip"])
+def test_random_bytes_checkpoint_is_refused_by_name(tmp_path, header):
+    """Random bytes drive the unpickler into any of its failures (IndexError, KeyError, ...): every one must
+    come out as the ValueError that names the file, for many seeds, behind the headers the loader branches on."""
+    path = os.path.join(str(tmp_path), CHECKPOINT)
+    for seed in range(200):
+        with open(path, "wb") as f:
+            f.write(header + random.Random(seed).randbytes(512))
+        with pytest.raises(ValueError, match=f"{re.escape(path)} is not a"):
+            load_checkpoint(str(tmp_path))
 
 
 def test_checkpoint_digest_covers_every_value(tmp_path):

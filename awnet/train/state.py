@@ -19,7 +19,6 @@ import hashlib
 import io
 import json
 import os
-import pickle
 import re
 from typing import Any, Callable
 
@@ -84,8 +83,9 @@ def load_checkpoint(out_dir: str) -> dict[str, Any] | None:
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    # What torch.load raises on a truncated or damaged file (or a path that is not a file).
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as error:
+    # The weights-only unpickler runs no code from the file, so whatever it raises (on damaged bytes it can be
+    # IndexError, KeyError, UnicodeDecodeError... not only UnpicklingError) means the file is unreadable.
+    except Exception as error:
         reason = (str(error).strip().splitlines() or [""])[0]  # torch's messages run over many lines
         raise ValueError(f"{path} is not a readable training checkpoint (truncated or corrupted?): "
                          f"{type(error).__name__}: {reason}") from error
