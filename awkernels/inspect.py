@@ -154,8 +154,19 @@ def _epilogue_constants(dtype: str, variant: dict) -> dict:
     return _conv_constants(dtype, variant, padded_banks=False)
 
 
+def _partial(element: str, variant: dict) -> str:
+    """The element type of an output that split-K (PARTIAL) writes as float32 partial sums."""
+    return "fp32" if variant["PARTIAL"] else element
+
+
+def _epilogue_forward_pointers(element: str, variant: dict) -> dict[str, str]:
+    return {**_same_type("x_ptr", "w_ptr", "a_ptr", "bias_ptr")(element, variant),
+            "y_ptr": f"*{_partial(element, variant)}", "saved_ptr": f"*{_partial(element, variant)}"}
+
+
 def _epilogue_input_grad_pointers(element: str, variant: dict) -> dict[str, str]:
-    return {**_same_type("dy_ptr", "w_ptr", "a_ptr", "dx_ptr")(element, variant), "taps_ptr": "*i32"}
+    return {**_same_type("dy_ptr", "w_ptr", "a_ptr")(element, variant), "dx_ptr": f"*{_partial(element, variant)}",
+            "taps_ptr": "*i32"}
 
 
 KERNELS: dict[str, KernelSpec] = {
@@ -176,13 +187,15 @@ KERNELS: dict[str, KernelSpec] = {
                                                                 dtype == "float32-ieee"),
         main_loop_dots=True),
     "epilogue.forward": KernelSpec(
-        epilogue._forward_kernel, _same_type("x_ptr", "w_ptr", "a_ptr", "bias_ptr", "y_ptr", "saved_ptr"),
-        _epilogue_constants, tuple(dict(BANKS=k, HAS_BIAS=bias, KEEP=keep) for k in _EPILOGUE_BANKS
-                                   for bias in (True, False) for keep in (True, False)),
+        epilogue._forward_kernel, _epilogue_forward_pointers,
+        _epilogue_constants, tuple(dict(BANKS=k, HAS_BIAS=bias, KEEP=keep, PARTIAL=partial)
+                                   for k in _EPILOGUE_BANKS for bias in (True, False) for keep in (True, False)
+                                   for partial in (False, True)),
         "epilogue.forward", main_loop_dots=True),
     "epilogue.input_grad": KernelSpec(
         epilogue._input_grad_kernel, _epilogue_input_grad_pointers, _epilogue_constants,
-        tuple(dict(BANKS=k) for k in _EPILOGUE_BANKS), "epilogue.input_grad", main_loop_dots=True),
+        tuple(dict(BANKS=k, PARTIAL=partial) for k in _EPILOGUE_BANKS for partial in (False, True)),
+        "epilogue.input_grad", main_loop_dots=True),
     "epilogue.weight_grad": KernelSpec(
         epilogue._weight_grad_kernel,
         lambda element, variant: {**_same_type("dy_ptr", "x_ptr", "a_ptr")(element, variant), "dw_ptr": "*fp32"},

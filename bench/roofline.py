@@ -23,7 +23,7 @@ import torch
 from awkernels._strategy import epilogue_refuses
 from awkernels.triton.aw_conv2d import banks_per_program, weight_grad_candidates
 from awkernels.triton.config import CANDIDATES, Config
-from awkernels.triton.epilogue import phase_taps, weight_splits
+from awkernels.triton.epilogue import phase_taps, reduction_splits, weight_splits
 from bench.shapes import RESNET18, ConvShape
 
 PEAK_FLOPS = 989e12  # H100 SXM, dense bf16 tensor cores
@@ -92,14 +92,22 @@ def _bank_copy(s: ConvShape, banks: int) -> int:
     return 2 * banks * s.c_out * s.c_in * s.kernel ** 2
 
 
+def _split_partials(steps: int, programs: int, outputs: int) -> int:
+    """Bytes of split-K's float32 partial outputs (written, then read by the sum), where the grid splits."""
+    splits = reduction_splits(steps, programs, outputs)
+    return 2 * splits * outputs * ACC if splits > 1 else 0
+
+
 def epilogue_forward(s: ConvShape, batch: int, banks: int, cfg: Config) -> Launch:
-    """Grid (sample-pixel row tiles, filter tiles), reduction over taps x C_in; keeps the K bank outputs (what a
-    training or attack step's dcoeff reads)."""
+    """Grid (sample-pixel row tiles, filter tiles, splits of the reduction where the grid is smaller than the
+    machine), reduction over taps x C_in; keeps the K bank outputs (what a training or attack step's dcoeff
+    reads)."""
     pixels = s.out_size ** 2
     tiles = math.ceil(batch * pixels / cfg.block_m) * math.ceil(s.c_out / cfg.block_n)
     steps = s.kernel ** 2 * math.ceil(s.c_in / cfg.block_k)
-    hbm = (batch * s.c_in * s.size ** 2 + banks * s.c_out * s.c_in * s.kernel ** 2 + _bank_copy(s, banks)
-           + (1 + banks) * batch * s.c_out * pixels) * ELEMENT
+    outputs = (1 + banks) * batch * s.c_out * pixels
+    hbm = ((batch * s.c_in * s.size ** 2 + banks * s.c_out * s.c_in * s.kernel ** 2 + _bank_copy(s, banks)
+            + outputs) * ELEMENT + _split_partials(steps, tiles, outputs))
     return Launch(*_epilogue(tiles, steps, banks, cfg, cfg.block_m, cfg.block_n), hbm)
 
 
@@ -115,8 +123,11 @@ def epilogue_input_grad(s: ConvShape, batch: int, banks: int, cfg: Config) -> La
         tiles = math.ceil(rows / cfg.block_m) * c_tiles
         phase_flops, phase_operands = _epilogue(tiles, count * o_steps, banks, cfg, cfg.block_m, cfg.block_n)
         flops, operands = flops + phase_flops, operands + phase_operands
-    hbm = (batch * s.c_out * s.out_size ** 2 + banks * s.c_out * s.c_in * s.kernel ** 2 + _bank_copy(s, banks)
-           + batch * s.c_in * s.size ** 2) * ELEMENT
+    # The grid: phase (0, 0)'s row tiles for every phase.
+    programs = math.ceil(batch * math.ceil(s.size / s.stride) ** 2 / cfg.block_m) * c_tiles * len(taps)
+    outputs = batch * s.c_in * s.size ** 2
+    hbm = ((batch * s.c_out * s.out_size ** 2 + banks * s.c_out * s.c_in * s.kernel ** 2 + _bank_copy(s, banks)
+            + outputs) * ELEMENT + _split_partials(max(t[0] for t in taps) * o_steps, programs, outputs))
     return Launch(flops, operands, hbm)
 
 

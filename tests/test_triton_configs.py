@@ -148,9 +148,15 @@ def test_default_configurations_in_channels_last_and_half_precision(kind, config
 
 # The epilogue strategy's kernels (awkernels/triton/epilogue.py): tiles span samples, so their covering shapes
 # need rows (sample x pixel) over two tiles with tiles straddling samples (5x5 pixels per sample, which no
-# tile size divides), and for the weight gradient a reduction split over two programs or more.
+# tile size divides), and for the weight gradient a reduction split over two programs or more. Every list of
+# each kernel (`.float32` too), each tile once: the interpreter runs tiles, not pipelines or warps.
 EPILOGUE_KINDS = ("epilogue.forward", "epilogue.input_grad", "epilogue.weight_grad")
-EPILOGUE = [(kind, cfg) for kind in EPILOGUE_KINDS for cfg in CANDIDATES.get(kind, [])]
+EPILOGUE = []
+for _kind in EPILOGUE_KINDS:
+    for _name, _configs in CANDIDATES.items():
+        if _name == _kind or _name.startswith(_kind + "."):  # the base list first: its configurations are kept
+            EPILOGUE += [(_kind, cfg) for cfg in _configs
+                         if all(cfg.tiles() != seen.tiles() for k, seen in EPILOGUE if k == _kind)]
 SIDE = 5
 
 
@@ -178,18 +184,18 @@ def _bank_outputs(x, weight, geometry):
     return torch.cat([torch.nn.functional.conv2d(x, w, None, stride, padding, dilation) for w in weight], 1)
 
 
-def _check_epilogue(kind, config, shape, dtype, layout="contiguous"):
+def _check_epilogue(kind, config, shape, dtype, layout="contiguous", splits=None):
     (x, weight, coeff, bias, grad_y), geometry, y, expected = _case(shape, dtype)
     if layout == "channels_last":
         x, grad_y = (t.contiguous(memory_format=torch.channels_last) for t in (x, grad_y))
     tol = TOLERANCE[dtype]
     if kind == "epilogue.forward":
-        got, saved = epilogue.forward(x, weight, coeff, bias, *geometry, keep=True, config=config)
+        got, saved = epilogue.forward(x, weight, coeff, bias, *geometry, keep=True, config=config, splits=splits)
         assert_close(got, y, tol, "y")
         assert_close(saved, _bank_outputs(*(t.cpu().double() for t in (x, weight)), geometry), tol, "bank outputs")
     elif kind == "epilogue.input_grad":
-        assert_close(epilogue.input_grad(grad_y, x, weight, coeff, *geometry, config=config), expected["x"], tol,
-                     "dx")
+        assert_close(epilogue.input_grad(grad_y, x, weight, coeff, *geometry, config=config, splits=splits),
+                     expected["x"], tol, "dx")
     else:
         assert_close(epilogue.weight_grad(grad_y, x, weight, coeff, *geometry, config=config), expected["weight"],
                      tol, "dweight")
@@ -199,23 +205,49 @@ def _check_epilogue(kind, config, shape, dtype, layout="contiguous"):
 EPILOGUE_SHAPES = [(*shape[:5], banks, *shape[6:]) for shape in SHAPES for banks in (1, 2)]
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("kind,config", EPILOGUE, ids=[_config_id(k, c) for k, c in EPILOGUE])
+# A configuration only a `.float32` list holds runs only in float32.
+EPILOGUE_DTYPES = [(kind, cfg, dtype) for kind, cfg in EPILOGUE
+                   for dtype in (DTYPES if cfg in CANDIDATES[kind] else [torch.float32])]
+
+
+@pytest.mark.parametrize("kind,config,dtype", EPILOGUE_DTYPES,
+                         ids=[f"{_config_id(k, c)}-{d}" for k, c, d in EPILOGUE_DTYPES])
 def test_epilogue_config(kind, config, dtype):
     for shape in EPILOGUE_SHAPES:
         _check_epilogue(kind, config, shape, dtype)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("banks", [1, 2])
-@pytest.mark.parametrize("kind,config", EPILOGUE, ids=[_config_id(k, c) for k, c in EPILOGUE])
-def test_epilogue_configuration_on_a_shape_larger_than_its_tiles(kind, config, banks, stride):
+def _reduction_splits(kind, config, batch, c_in, c_out, stride) -> int:
+    """The split-K the forward or dx runs on this covering shape (3x3 filters)."""
+    if kind == "epilogue.forward":
+        rows, columns, reduction, out = batch * _out_pixels(stride), c_out, c_in, c_out * _out_pixels(stride)
+        taps, phases = 9, 1
+    else:
+        rows, columns, reduction, out = batch * (-(-SIDE // stride)) ** 2, c_in, c_out, c_in * SIDE * SIDE
+        taps, phases = (9, 1) if stride == 1 else (4, 4)  # stride 2, padding 1: phase (1, 1) has 2 x 2 taps
+    programs = -(-rows // config.block_m) * -(-columns // config.block_n) * phases
+    return epilogue.reduction_splits(taps * -(-reduction // config.block_k), programs, batch * out)
+
+
+# split: None, what the host decides (split-K on these small grids, checked), or 1: the unsplit kernel, with
+# two banks (one is the same loop with one dot fewer); a `.float32` list's own configurations with two banks.
+COVERING = [(kind, cfg, split, banks, stride) for kind, cfg in EPILOGUE for stride in (1, 2)
+            for banks in ((1, 2) if cfg in CANDIDATES[kind] else (2,))
+            for split in ((None, 1) if kind != "epilogue.weight_grad" and banks == 2 else (None,))]
+
+
+@pytest.mark.parametrize("kind,config,split,banks,stride", COVERING,
+                         ids=[f"{_config_id(k, c)}-K{b}-s{st}{'-unsplit' if sp else ''}"
+                              for k, c, sp, b, st in COVERING])
+def test_epilogue_configuration_on_a_shape_larger_than_its_tiles(kind, config, split, banks, stride):
     batch, c_in, c_out = epilogue_covering_shape(kind, config, stride)
     shape = (batch, c_in, c_out, SIDE, SIDE, banks, 3, (stride, stride), (1, 1), (1, 1), True)
     if kind == "epilogue.weight_grad":
         tiles = -(-c_out // config.block_m) * 9 * -(-c_in // config.block_n)
         assert epilogue.weight_splits(batch * _out_pixels(stride), tiles, config.block_k) >= 2
-    _check_epilogue(kind, config, shape, torch.float32)
+    elif split is None:
+        assert _reduction_splits(kind, config, batch, c_in, c_out, stride) >= 2
+    _check_epilogue(kind, config, shape, torch.float32, splits=split)
 
 
 EPILOGUE_LAYOUTS = [(kind, CANDIDATES[kind][0], layout, dtype) for kind in EPILOGUE_KINDS if CANDIDATES.get(kind)
@@ -244,6 +276,19 @@ def test_the_epilogue_runs_only_where_int32_offsets_reach_every_element():
     assert not _epilogue_serves(x, torch.empty(2, 2**11, 1, 1, 1), (1, 1), (0, 0), (1, 1))
     strided = torch.empty(2, 64, 32, 32, device="meta").as_strided((2, 64, 32, 32), (2**31, 1, 2048, 64))
     assert not _epilogue_serves(strided, weight, *geometry)
+
+
+def test_split_k_only_where_the_grid_leaves_sms_idle():
+    """The forward's and dx's reduction splits (split-K) fill the machine's SMs, and nothing more."""
+    sms = epilogue.SMS
+    # ResNet-18's layer4 forward (3x3, 512 -> 512, 4x4 outputs) on the default 64x64x32 tile: 9 x 16 steps;
+    # at batch 128, 32 row tiles x 8 filter tiles fill the SMs; at batch 16, 4 x 8 leave three quarters idle.
+    assert epilogue.reduction_splits(144, 256, 128 * 512 * 16) == 1
+    assert epilogue.reduction_splits(144, 32, 16 * 512 * 16) == sms // 32 == 4
+    assert epilogue.reduction_splits(9, 1, 100) == 9 // epilogue.MIN_SPLIT_STEPS  # each split walks 4 steps
+    assert epilogue.reduction_splits(144, 1, 2**30) == 1  # int32 offsets must reach the partial outputs
+    assert epilogue._runs(27, 4) == (7, 4) and epilogue._runs(9, 4) == (3, 3)  # equal runs, none empty
+    assert epilogue._runs(0, 4) == (1, 1)
 
 
 # MixBN's plane kernels: every tile configuration on planes of several channel and pixel tiles (the sums merge

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import triton
@@ -83,6 +83,11 @@ CANDIDATES: dict[str, list[Config | PlaneConfig]] = {
         Config(64, 64, 32, num_warps=8, num_stages=2), Config(64, 64, 16, num_warps=8, num_stages=2),
     ],
     "epilogue.forward.float32": [
+        Config(64, 64, 16, num_warps=8, num_stages=2), Config(64, 32, 16, num_warps=8, num_stages=2),
+    ],
+    # Unpipelined for IEEE dots (two stages spill K = 2 on sm_90); one stage spills the split-K TF32 kernel on
+    # sm_80 under triton 3.6.
+    "epilogue.forward.ieee": [
         Config(64, 64, 16, num_warps=8, num_stages=1), Config(64, 32, 16, num_warps=8, num_stages=2),
     ],
     "epilogue.input_grad": [
@@ -91,7 +96,8 @@ CANDIDATES: dict[str, list[Config | PlaneConfig]] = {
     ],
     "epilogue.input_grad.float32": [
         Config(64, 64, 16, num_warps=8, num_stages=2), Config(64, 32, 16, num_warps=8, num_stages=2),
-        _NARROW,
+        # Eight warps: with four, K = 2's split-K kernel spills on sm_80.
+        dataclasses.replace(_NARROW, num_warps=8),
     ],
     "epilogue.weight_grad": [
         Config(64, 64, 32, num_warps=8, num_stages=2), Config(128, 64, 16, num_warps=8, num_stages=2),
@@ -117,18 +123,21 @@ CANDIDATES: dict[str, list[Config | PlaneConfig]] = {
     ],
 }
 
-_chosen: dict[tuple, Config] = {}
+_chosen: dict[tuple, object] = {}
+
+
+def fastest(key: tuple, options: Sequence, run: Callable[[object], object]):
+    """The option `run` is fastest with, timed once per key on a GPU; the first one otherwise."""
+    if INTERPRET or len(options) == 1:
+        return options[0]
+    if key not in _chosen:
+        _chosen[key] = min(options, key=lambda option: triton.testing.do_bench(lambda: run(option)))
+    return _chosen[key]
 
 
 def pick(kind: str, key: tuple, run: Callable[[Config], object]) -> Config:
     """The configuration for this kernel and shape: timed once on a GPU, the first one otherwise."""
-    candidates = CANDIDATES[kind]
-    if INTERPRET:
-        return candidates[0]
-    full_key = (kind, *key)
-    if full_key not in _chosen:
-        _chosen[full_key] = min(candidates, key=lambda cfg: triton.testing.do_bench(lambda: run(cfg)))
-    return _chosen[full_key]
+    return fastest((kind, *key), CANDIDATES[kind], run)
 
 
 def acc_dtype(dtype: torch.dtype):

@@ -6,7 +6,9 @@ a tile spans samples and the 4x4 layers fill it; the columns are filters, the re
 and, inside each tap, over contiguous input channels (channels_last loads). The per-sample part is only in
 the epilogue: y = sum_k a[b,k,o] (conv(x, W_k) + bias_k), one accumulator per bank (K = 1: the regulation
 signal scales the convolution). The bank outputs conv(x, W_k) are kept for the backward when it needs
-dcoeff: da[b,k,o] = sum_p dy[b,o,p] conv(x[b], W_k)[o,p], no recompute.
+dcoeff: da[b,k,o] = sum_p dy[b,o,p] conv(x[b], W_k)[o,p], no recompute. Where the grid of output tiles
+is smaller than the machine (few samples, the 4x4 layers) the forward and dx split their reduction over more
+programs (split-K: float32 partial outputs, then one sum), if that times faster on the GPU.
 
 Backward, by linearity:
 - dx: the transposed implicit GEMM over input pixels, one stride phase per grid slice (only the taps that
@@ -27,10 +29,15 @@ import triton
 import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
-from .config import Config, acc_dtype, acc_torch_dtype, candidates_for, dot_precision, pick, upcast_dots
+from .config import Config, acc_dtype, acc_torch_dtype, candidates_for, dot_precision, fastest, pick, upcast_dots
 
-# Programs the weight gradient's split aims at: two per SM of an H100 (132 SMs).
-TARGET_PROGRAMS = 264
+# The SMs of an H100 or H200, which the splits of a reduction are sized for on every machine (so that the
+# interpreter runs the splits a GPU would).
+SMS = 132
+# Programs the weight gradient's split aims at: two per SM.
+TARGET_PROGRAMS = 2 * SMS
+# The fewest reduction steps a split walks (fewer, and the partial sums' traffic outweighs the parallelism).
+MIN_SPLIT_STEPS = 4
 # The coefficient-gradient pass: filters x pixels per step, and its pipeline depth (32 pixels spill the
 # K = 2 float32 loads on sm_80).
 _BLOCK_O, _BLOCK_P, _COEFF_STAGES = 64, 16, 2
@@ -46,15 +53,19 @@ def _mma(acc, a, b, ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.const
 @triton.jit
 def _forward_kernel(
     x_ptr, w_ptr, a_ptr, bias_ptr, y_ptr, saved_ptr,
-    B, C_in, H, W, C_out, H_out, W_out,
+    B, C_in, H, W, C_out, H_out, W_out, steps_per_split, y_split, saved_split,
     sxb, sxc, sxh, sxw, swk, swo, swc, swh, sww, syb, syc, syh, syw, ssb, ssc, ssh, ssw, sab, sak, sao,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     KH: tl.constexpr, KW: tl.constexpr, BANKS: tl.constexpr, HAS_BIAS: tl.constexpr, KEEP: tl.constexpr,
-    ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    PARTIAL: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """acc_k[(b, p), o] = sum over taps and C_in of x[b, c, tap(p)] W_k[o, c, tap]; y = sum_k a[b,k,o] acc_k."""
+    """acc_k[(b, p), o] = sum over taps and C_in of x[b, c, tap(p)] W_k[o, c, tap]; y = sum_k a[b,k,o] acc_k.
+    PARTIAL (split-K): the grid's third axis splits the reduction into runs of steps_per_split steps, and each
+    split stores its share of y (the bias in split 0's) and of the bank outputs, in the accumulation type, at
+    y_ptr + split y_split and saved_ptr + split saved_split; the host sums the splits (all of it is linear)."""
     pixels = H_out * W_out
+    split = tl.program_id(2)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_o = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m, mask_o = offs_m < B * pixels, offs_o < C_out
@@ -69,7 +80,8 @@ def _forward_kernel(
     acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     # One loop over (tap, channel block), so that the pipeline prefetches across taps.
     c_steps = tl.cdiv(C_in, BLOCK_K)
-    for step in range(KH * KW * c_steps):
+    first = split * steps_per_split
+    for step in range(first, tl.minimum(first + steps_per_split, KH * KW * c_steps)):
         tap = step // c_steps
         offs_c = (step - tap * c_steps) * BLOCK_K + tl.arange(0, BLOCK_K)
         ki, kj = tap // KW, tap % KW
@@ -85,20 +97,25 @@ def _forward_kernel(
             acc1 = _mma(acc1, x, tl.load(w_cols + swk + w_offs, mask=mask_w, other=0.0), ACC, PRECISION, UPCAST)
 
     mask_y = mask_m[:, None] & mask_o[None, :]
+    mask_bias = mask_o & (split == 0) if PARTIAL else mask_o
     a_offs = b[:, None] * sab + offs_o[None, :] * sao
     a0 = tl.load(a_ptr + a_offs, mask=mask_y, other=0.0).to(ACC)
     y = a0 * acc0
     if HAS_BIAS:
-        y += a0 * tl.load(bias_ptr + offs_o, mask=mask_o, other=0.0).to(ACC)[None, :]
+        y += a0 * tl.load(bias_ptr + offs_o, mask=mask_bias, other=0.0).to(ACC)[None, :]
     if BANKS == 2:
         a1 = tl.load(a_ptr + sak + a_offs, mask=mask_y, other=0.0).to(ACC)
         y += a1 * acc1
         if HAS_BIAS:
-            y += a1 * tl.load(bias_ptr + C_out + offs_o, mask=mask_o, other=0.0).to(ACC)[None, :]
+            y += a1 * tl.load(bias_ptr + C_out + offs_o, mask=mask_bias, other=0.0).to(ACC)[None, :]
+    if PARTIAL:
+        y_ptr += split * y_split
     tl.store(y_ptr + (b * syb + oh * syh + ow * syw)[:, None] + offs_o[None, :] * syc,
              y.to(y_ptr.dtype.element_ty), mask=mask_y)
     if KEEP:  # the bank outputs, bank k at channels [k C_out, (k + 1) C_out)
         s_offs = (b * ssb + oh * ssh + ow * ssw)[:, None] + offs_o[None, :] * ssc
+        if PARTIAL:
+            saved_ptr += split * saved_split
         tl.store(saved_ptr + s_offs, acc0.to(saved_ptr.dtype.element_ty), mask=mask_y)
         if BANKS == 2:
             tl.store(saved_ptr + C_out * ssc + s_offs, acc1.to(saved_ptr.dtype.element_ty), mask=mask_y)
@@ -107,17 +124,21 @@ def _forward_kernel(
 @triton.jit
 def _input_grad_kernel(
     dy_ptr, w_ptr, a_ptr, dx_ptr, taps_ptr,
-    B, C_in, H, W, C_out, H_out, W_out,
+    B, C_in, H, W, C_out, H_out, W_out, steps_per_split, dx_split,
     sgb, sgc, sgh, sgw, swk, swo, swc, swh, sww, sxb, sxc, sxh, sxw, sab, sak, sao,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    KH: tl.constexpr, KW: tl.constexpr, BANKS: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, BANKS: tl.constexpr, PARTIAL: tl.constexpr,
     ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx[(b, q), c] = sum over taps and C_out of (sum_k a[b,k,o] dy[b, o, tap^-1(q)] W_k[o, c, tap]), for the
     input pixels q of one stride phase (q = (ph + i stride_h, pw + j stride_w), the grid's last axis): only the
-    taps that land on an output pixel from that phase run (taps_ptr: per phase, their count, then the taps)."""
-    phase = tl.program_id(2)
+    taps that land on an output pixel from that phase run (taps_ptr: per phase, their count, then the taps).
+    PARTIAL (split-K): the grid's last axis is (split, phase), and each split stores its share of dx, over
+    steps_per_split steps of the phase's loop, in the accumulation type at dx_ptr + split dx_split."""
+    phases = stride_h * stride_w
+    phase = tl.program_id(2) % phases
+    split = tl.program_id(2) // phases
     ph, pw = phase // stride_w, phase % stride_w
     # At least 1: an input smaller than the stride leaves a phase no pixels (every row masked), not a zero divisor.
     rows_h, rows_w = tl.maximum(tl.cdiv(H - ph, stride_h), 1), tl.maximum(tl.cdiv(W - pw, stride_w), 1)
@@ -135,7 +156,8 @@ def _input_grad_kernel(
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     o_steps = tl.cdiv(C_out, BLOCK_K)
-    for step in range(tl.load(phase_taps) * o_steps):
+    first = split * steps_per_split
+    for step in range(first, tl.minimum(first + steps_per_split, tl.load(phase_taps) * o_steps)):
         j = step // o_steps
         offs_o = (step - j * o_steps) * BLOCK_K + tl.arange(0, BLOCK_K)
         tap = tl.load(phase_taps + 1 + j)
@@ -158,6 +180,8 @@ def _input_grad_kernel(
             w1 = tl.load(w_cols + swk + w_offs, mask=mask_w, other=0.0)
             acc = _mma(acc, (g.to(ACC) * a1).to(w1.dtype), w1, ACC, PRECISION, UPCAST)
 
+    if PARTIAL:
+        dx_ptr += split * dx_split
     tl.store(dx_ptr + (b * sxb + ih * sxh + iw * sxw)[:, None] + offs_c[None, :] * sxc,
              acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])
 
@@ -288,9 +312,45 @@ def _out_size(size, kernel, stride, padding, dilation):
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def forward(x, weight, coeff, bias, stride, padding, dilation, keep: bool, config: Config | None = None):
+def reduction_splits(steps: int, programs: int, out_elements: int) -> int:
+    """Split-K for the forward and dx: how many programs share each output tile's reduction of `steps` steps.
+    None while the grid of `programs` fills the SMs; else enough to fill them, each split walking at least
+    MIN_SPLIT_STEPS steps, and int32 offsets reaching every element of the partial outputs."""
+    if programs >= SMS:
+        return 1
+    return max(1, min(SMS // programs, steps // MIN_SPLIT_STEPS, (INT32_LIMIT - 1) // max(out_elements, 1)))
+
+
+def _chosen_splits(key: tuple, proposed: int, run) -> int:
+    """The rule's split, kept on a GPU only if it times faster than none (its partial sums cost traffic that
+    the idle SMs it fills may not repay); under the interpreter the rule's, so that the tests run it."""
+    return proposed if proposed == 1 else fastest(key, (proposed, 1), run)
+
+
+def _runs(steps: int, splits: int) -> tuple[int, int]:
+    """(steps per split, splits): `steps` in equal runs, none left empty."""
+    if steps == 0:
+        return 1, 1
+    per_split = triton.cdiv(steps, splits)
+    return per_split, triton.cdiv(steps, per_split)
+
+
+def _partials(out: torch.Tensor, splits: int) -> tuple[torch.Tensor, int]:
+    """Split-K's partial outputs: `splits` tensors like `out` (its memory format) stacked along the batch, in
+    the accumulation type, and the offset from one split's to the next."""
+    partials = torch.empty((splits * out.shape[0], *out.shape[1:]), dtype=acc_torch_dtype(out.dtype),
+                           device=out.device, memory_format=suggest_memory_format(out))
+    return partials, out.shape[0] * partials.stride(0)
+
+
+def _sum_partials(partials: torch.Tensor, out: torch.Tensor) -> None:
+    out.copy_(partials.unflatten(0, (-1, out.shape[0])).sum(0))
+
+
+def forward(x, weight, coeff, bias, stride, padding, dilation, keep: bool, config: Config | None = None,
+            splits: int | None = None):
     """(y, the bank outputs (B, K C_out, H_out, W_out) in x's dtype and memory format, or an empty tensor
-    when not kept)."""
+    when not kept). `splits`: of the reduction (split-K), by `reduction_splits` unless given."""
     batch, c_in, h, w = x.shape
     banks, c_out, _, kh, kw = weight.shape
     h_out, w_out = (_out_size(h, kh, stride[0], padding[0], dilation[0]),
@@ -300,25 +360,40 @@ def forward(x, weight, coeff, bias, stride, padding, dilation, keep: bool, confi
     saved = torch.empty((batch, banks * c_out, h_out, w_out), **layout) if keep else x.new_empty(0)
     if y.numel() == 0:
         return y, saved
+    key = _shape_key(x, weight, coeff, (*stride, *padding, *dilation, bias is not None, keep))
     if config is None:
-        key = _shape_key(x, weight, coeff, (*stride, *padding, *dilation, bias is not None, keep))
         config = pick(candidates_for("epilogue.forward", x), key,
                       lambda cfg: forward(x, weight, coeff, bias, stride, padding, dilation, keep, cfg))
     wt, w_strides = _weight_strides(weight)
     grid = (triton.cdiv(batch * h_out * w_out, config.block_m), triton.cdiv(c_out, config.block_n))
-    _forward_kernel[grid](
-        x, wt, coeff, bias.contiguous() if bias is not None else wt, y, saved if keep else y,
-        batch, c_in, h, w, c_out, h_out, w_out, *x.stride(), *w_strides, *y.stride(),
-        *(saved.stride() if keep else y.stride()), *_coeff_strides(coeff), *stride, *padding, *dilation,
-        KH=kh, KW=kw, HAS_BIAS=bias is not None, KEEP=keep, **_constants(x, banks), **config.kwargs())
+    steps = kh * kw * triton.cdiv(c_in, config.block_k)
+    if splits is None:
+        splits = _chosen_splits(("epilogue.forward", config, *key),
+                                reduction_splits(steps, grid[0] * grid[1], max(y.numel(), saved.numel())),
+                                lambda n: forward(x, weight, coeff, bias, stride, padding, dilation, keep, config, n))
+    steps_per_split, splits = _runs(steps, splits)
+    y_out, y_split, saved_out, saved_split = y, 0, saved if keep else y, 0
+    if splits > 1:
+        y_out, y_split = _partials(y, splits)
+        if keep:
+            saved_out, saved_split = _partials(saved, splits)
+        else:
+            saved_out = y_out
+    _forward_kernel[(*grid, splits)](
+        x, wt, coeff, bias.contiguous() if bias is not None else wt, y_out, saved_out,
+        batch, c_in, h, w, c_out, h_out, w_out, steps_per_split, y_split, saved_split, *x.stride(), *w_strides,
+        *y_out.stride(), *saved_out.stride(), *_coeff_strides(coeff), *stride, *padding, *dilation,
+        KH=kh, KW=kw, HAS_BIAS=bias is not None, KEEP=keep, PARTIAL=splits > 1, **_constants(x, banks),
+        **config.kwargs())
+    if splits > 1:
+        _sum_partials(y_out, y)
+        if keep:
+            _sum_partials(saved_out, saved)
     return y, saved
 
 
 @functools.lru_cache(maxsize=256)
-def phase_taps(kernel: tuple[int, int], stride, padding, dilation, device: torch.device) -> torch.Tensor:
-    """(stride_h stride_w, kH kW + 1) int32: for each stride phase (ph, pw) of the input pixels, the number of
-    taps (ki, kj) that reach an output pixel from it ((ph + pad - ki dil) divisible by the stride, per axis),
-    then those taps (ki kW + kj)."""
+def _phase_tap_rows(kernel: tuple[int, int], stride, padding, dilation) -> tuple[tuple[int, ...], ...]:
     kh, kw = kernel
     rows = []
     for ph in range(stride[0]):
@@ -326,37 +401,58 @@ def phase_taps(kernel: tuple[int, int], stride, padding, dilation, device: torch
             taps = [ki * kw + kj for ki in range(kh) for kj in range(kw)
                     if (ph + padding[0] - ki * dilation[0]) % stride[0] == 0
                     and (pw + padding[1] - kj * dilation[1]) % stride[1] == 0]
-            rows.append([len(taps), *taps] + [0] * (kh * kw - len(taps)))
-    return torch.tensor(rows, dtype=torch.int32, device=device)
+            rows.append((len(taps), *taps) + (0,) * (kh * kw - len(taps)))
+    return tuple(rows)
 
 
-def input_grad(grad_y, x, weight, coeff, stride, padding, dilation, config: Config | None = None):
+@functools.lru_cache(maxsize=256)
+def phase_taps(kernel: tuple[int, int], stride, padding, dilation, device: torch.device) -> torch.Tensor:
+    """(stride_h stride_w, kH kW + 1) int32: for each stride phase (ph, pw) of the input pixels, the number of
+    taps (ki, kj) that reach an output pixel from it ((ph + pad - ki dil) divisible by the stride, per axis),
+    then those taps (ki kW + kj)."""
+    return torch.tensor(_phase_tap_rows(kernel, stride, padding, dilation), dtype=torch.int32, device=device)
+
+
+def input_grad(grad_y, x, weight, coeff, stride, padding, dilation, config: Config | None = None,
+               splits: int | None = None):
+    """dx in x's memory format. `splits`: of each phase's reduction (split-K), by `reduction_splits` unless
+    given."""
     batch, c_in, h, w = x.shape
     banks, c_out, _, kh, kw = weight.shape
     h_out, w_out = grad_y.shape[2:]
     dx = torch.empty_like(x, memory_format=suggest_memory_format(x))
     if dx.numel() == 0:
         return dx
+    key = _shape_key(x, weight, coeff, (*stride, *padding, *dilation))
     if config is None:
-        key = _shape_key(x, weight, coeff, (*stride, *padding, *dilation))
         config = pick(candidates_for("epilogue.input_grad", x), key,
                       lambda cfg: input_grad(grad_y, x, weight, coeff, stride, padding, dilation, cfg))
     wt, w_strides = _weight_strides(weight)
-    taps = phase_taps((kh, kw), tuple(stride), tuple(padding), tuple(dilation), x.device)
+    geometry = ((kh, kw), tuple(stride), tuple(padding), tuple(dilation))
+    taps = phase_taps(*geometry, x.device)
     # Phase (0, 0) has the most input pixels; the other phases' programs past their rows exit masked.
     rows = batch * triton.cdiv(h, stride[0]) * triton.cdiv(w, stride[1])
     grid = (triton.cdiv(rows, config.block_m), triton.cdiv(c_in, config.block_n), stride[0] * stride[1])
-    _input_grad_kernel[grid](
-        grad_y, wt, coeff, dx, taps, batch, c_in, h, w, c_out, h_out, w_out, *grad_y.stride(), *w_strides,
-        *dx.stride(), *_coeff_strides(coeff), *stride, *padding, *dilation, KH=kh, KW=kw, **_constants(x, banks),
-        **config.kwargs())
+    steps = max(row[0] for row in _phase_tap_rows(*geometry)) * triton.cdiv(c_out, config.block_k)
+    if splits is None:
+        splits = _chosen_splits(("epilogue.input_grad", config, *key),
+                                reduction_splits(steps, grid[0] * grid[1] * grid[2], dx.numel()),
+                                lambda n: input_grad(grad_y, x, weight, coeff, stride, padding, dilation, config, n))
+    steps_per_split, splits = _runs(steps, splits)
+    dx_out, dx_split = _partials(dx, splits) if splits > 1 else (dx, 0)
+    _input_grad_kernel[(grid[0], grid[1], grid[2] * splits)](
+        grad_y, wt, coeff, dx_out, taps, batch, c_in, h, w, c_out, h_out, w_out, steps_per_split, dx_split,
+        *grad_y.stride(), *w_strides, *dx_out.stride(), *_coeff_strides(coeff), *stride, *padding, *dilation,
+        KH=kh, KW=kw, PARTIAL=splits > 1, **_constants(x, banks), **config.kwargs())
+    if splits > 1:
+        _sum_partials(dx_out, dx)
     return dx
 
 
 def weight_splits(rows: int, tiles: int, block_k: int) -> int:
     """How many programs share the weight gradient's reduction over `rows`: enough for TARGET_PROGRAMS with
-    `tiles` weight tiles, each still walking at least four BLOCK_K steps."""
-    return max(1, min(triton.cdiv(rows, 4 * block_k), triton.cdiv(TARGET_PROGRAMS, tiles)))
+    `tiles` weight tiles, each still walking at least MIN_SPLIT_STEPS BLOCK_K steps."""
+    return max(1, min(triton.cdiv(rows, MIN_SPLIT_STEPS * block_k), triton.cdiv(TARGET_PROGRAMS, tiles)))
 
 
 def weight_grad(grad_y, x, weight, coeff, stride, padding, dilation, config: Config | None = None):
